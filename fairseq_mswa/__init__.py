@@ -1,0 +1,23 @@
+"""fairseq_mswa: Multi-Scale Window Attention language models as a fairseq plugin.
+
+Use the package folder as fairseq's ``--user-dir``; importing it registers the models
+(``transformer_xl_mswa``, ``linear_mswa``) and the task (``mswa_lm``).
+
+Where things live:
+* ``schedule``   window of head j in layer i, and the cost model (pure Python).
+* ``cost``       ``python -m fairseq_mswa.cost --table N``: the paper's Relative Cost columns.
+* ``kernels``    attention kernels and their backends (pure functions).
+* ``modules``    positions (relative / rotary), attention layers, norms, feed-forwards.
+* ``models``     fairseq models and architecture presets.
+* ``tasks``      fairseq tasks (stream LM with memory).
+"""
+
+__version__ = "0.1.0"
+
+try:
+    import fairseq  # noqa: F401
+except ImportError:  # pure-Python parts (schedule, cost) stay usable without fairseq
+    fairseq = None
+
+if fairseq is not None:
+    from . import models, tasks  # noqa: F401,E402

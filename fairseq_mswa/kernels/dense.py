@@ -1,0 +1,96 @@
+"""Dense reference for causal multi-scale window attention (tests, tiny sizes).
+
+Conventions shared by every backend (see ``window_attention``):
+
+* ``q``: (B, H, Lq, D); ``k``, ``v``: (B, H, Lk, D) with ``Lk >= Lq``. The first
+  ``mem = Lk - Lq`` keys are a memory prefix: query ``i`` sits at key position ``mem + i``.
+* ``windows``: one entry per head; query at key position ``p`` sees keys ``j`` with
+  ``p - w < j <= p`` (the ``w`` keys ending at itself); ``None`` = every key ``j <= p``.
+* ``sink_tokens`` k: keys ``j < k`` are also visible to every query with ``j <= p``.
+* ``pos_scores``: optional (B, H, Lq, R) additive score by distance: the score of query ``i``
+  and key ``j`` gains ``pos_scores[b, h, i, min(p - j, R - 1)]`` (Transformer-XL's position term
+  with its ``clamp_len`` behaviour for distances beyond R - 1).
+"""
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+Windows = Sequence[Optional[int]]
+
+
+def check_inputs(q, k, v, windows: Windows, sink_tokens: int, pos_scores) -> None:
+    """Shape checks common to all backends; raises ValueError naming the mismatch."""
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError("q, k, v must be 4-D (batch, heads, length, head_dim)")
+    b, h, lq, _ = q.shape
+    if k.shape[:2] != (b, h) or v.shape[:3] != k.shape[:3] or k.shape[-1] != q.shape[-1]:
+        raise ValueError(f"incompatible q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if k.shape[2] < lq:
+        raise ValueError(f"keys ({k.shape[2]}) must be at least as long as queries ({lq})")
+    if len(windows) != h:
+        raise ValueError(f"got {len(windows)} windows for {h} heads: give one window per head")
+    for w in windows:
+        if w is not None and w < 1:
+            raise ValueError(f"window {w} < 1: windows must be >= 1 (None = full attention)")
+    if sink_tokens < 0:
+        raise ValueError("sink_tokens must be >= 0")
+    if pos_scores is not None and (pos_scores.dim() != 4 or pos_scores.shape[:3] != (b, h, lq)):
+        raise ValueError(
+            f"pos_scores must be (batch, heads, queries, R) = ({b}, {h}, {lq}, R), "
+            f"got {tuple(pos_scores.shape)}"
+        )
+
+
+def visibility_mask(
+    lq: int, lk: int, windows: Windows, sink_tokens: int = 0, device=None
+) -> torch.Tensor:
+    """Boolean (H, Lq, Lk) mask, True where query i may attend key j."""
+    mem = lk - lq
+    qpos = torch.arange(mem, lk, device=device)[:, None]
+    kpos = torch.arange(lk, device=device)[None, :]
+    dist = qpos - kpos  # (Lq, Lk)
+    causal = dist >= 0
+    sink = causal & (kpos < sink_tokens)
+    masks = []
+    for w in windows:
+        m = causal if w is None else causal & (dist < w)
+        masks.append(m | sink)
+    return torch.stack(masks)
+
+
+def distance_scores(pos_scores: torch.Tensor, lk: int) -> torch.Tensor:
+    """Expand (B, H, Lq, R) scores by distance into (B, H, Lq, Lk) scores by key position."""
+    b, h, lq, r = pos_scores.shape
+    mem = lk - lq
+    dist = torch.arange(mem, lk, device=pos_scores.device)[:, None] - torch.arange(
+        lk, device=pos_scores.device
+    )[None, :]
+    idx = dist.clamp(0, r - 1).expand(b, h, lq, lk)
+    return pos_scores.gather(-1, idx)
+
+
+def dense_window_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    windows: Windows,
+    sink_tokens: int = 0,
+    pos_scores: Optional[torch.Tensor] = None,
+    dropout_p: float = 0.0,
+    scale: Optional[float] = None,
+) -> torch.Tensor:
+    """Reference: materialise all (Lq, Lk) scores, mask, softmax. Returns (B, H, Lq, D)."""
+    check_inputs(q, k, v, windows, sink_tokens, pos_scores)
+    lq, lk = q.shape[2], k.shape[2]
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    if pos_scores is not None:
+        scores = scores + distance_scores(pos_scores, lk)
+    mask = visibility_mask(lq, lk, windows, sink_tokens, q.device)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    if dropout_p > 0:
+        probs = F.dropout(probs, p=dropout_p, training=True)
+    return torch.matmul(probs, v)

@@ -1,0 +1,88 @@
+"""Window flags shared by every model of the plugin (config -> schedule).
+
+The flag names are the user interface: ``--attn-pattern``, ``--base-window``,
+``--window-variation``, ``--attn-windows``, ``--full-attn-layers``, ``--sink-tokens``,
+``--attn-backend``. Windows are not parameters, so all of them can be changed at evaluation time
+with ``--model-overrides``.
+"""
+
+from dataclasses import dataclass, field
+from typing import List
+
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+
+from ..schedule import PATTERNS, VARIATIONS, ScheduleError, WindowSchedule, build_schedule
+
+ATTN_PATTERN_CHOICES = ChoiceEnum(list(PATTERNS))
+WINDOW_VARIATION_CHOICES = ChoiceEnum(list(VARIATIONS))
+ATTN_BACKEND_CHOICES = ChoiceEnum(["auto", "dense", "blocked", "flex", "flash"])
+
+
+@dataclass
+class WindowAttentionConfig(FairseqDataclass):
+    attn_pattern: ATTN_PATTERN_CHOICES = field(
+        default="mswa",
+        metadata={"help": "window pattern: full, swa, mswa-h (heads), mswa-l (layers), mswa (both)"},
+    )
+    base_window: int = field(
+        default=128, metadata={"help": "base window w of the pattern (the paper's w)"}
+    )
+    window_variation: WINDOW_VARIATION_CHOICES = field(
+        default="geometric",
+        metadata={
+            "help": "geometric (x2 per group), arithmetic (w/2, 3w/4, w, 5w/4) or decreasing "
+            "(layer allocation reversed)"
+        },
+    )
+    window_groups: int = field(
+        default=4, metadata={"help": "number of head groups and of layer groups"}
+    )
+    attn_windows: str = field(
+        default="",
+        metadata={
+            "help": "explicit windows as JSON: one entry per (windowed) layer, each one window or "
+            "a list with one window per head; null = full attention. Overrides --attn-pattern"
+        },
+    )
+    full_attn_layers: str = field(
+        default="",
+        metadata={"help": "comma-separated (windowed-)layer indices that keep full attention"},
+    )
+    sink_tokens: int = field(
+        default=0, metadata={"help": "number of first tokens every query also attends to"}
+    )
+    attn_backend: ATTN_BACKEND_CHOICES = field(
+        default="auto",
+        metadata={"help": "attention kernel: auto, dense (reference), blocked, flex, flash"},
+    )
+
+
+def parse_layer_list(spec) -> List[int]:
+    """'0,11' -> [0, 11]; also accepts a list or an int."""
+    if spec is None or spec == "":
+        return []
+    if isinstance(spec, int):
+        return [spec]
+    if isinstance(spec, (list, tuple)):
+        return [int(x) for x in spec]
+    try:
+        return [int(x) for x in str(spec).replace(" ", "").split(",") if x != ""]
+    except ValueError:
+        raise ScheduleError(
+            f"--full-attn-layers must be comma-separated layer indices such as '0,11', got {spec!r}"
+        ) from None
+
+
+def schedule_from_config(cfg, num_layers: int, num_heads: int) -> WindowSchedule:
+    """Build the schedule of ``num_layers`` windowed layers x ``num_heads`` heads from ``cfg``."""
+    return build_schedule(
+        num_layers=num_layers,
+        num_heads=num_heads,
+        base_window=int(cfg.base_window),
+        pattern=str(cfg.attn_pattern),
+        variation=str(cfg.window_variation),
+        groups=int(getattr(cfg, "window_groups", 4)),
+        windows=cfg.attn_windows or None,
+        full_attn_layers=parse_layer_list(cfg.full_attn_layers),
+        sink_tokens=int(cfg.sink_tokens),
+    )
