@@ -1,0 +1,188 @@
+"""Relative cost of the rows of the MSWA paper's Tables 2, 3, 5 and 6.
+
+    python -m fairseq_mswa.cost --table 2          # Markdown-ish table
+    python -m fairseq_mswa.cost --table 5 --json   # JSON list of {row, relative_cost, ...}
+
+Cost of a model = sum over all softmax-attention heads of all layers of the keys a query attends
+to (``WindowSchedule.cost``; full attention counts the sequence length ``n``) plus, for hybrid
+models, ``linear_attention_layer_cost()`` per linear-attention layer. Relative cost = cost / cost of
+the reference row (the 12-layer, 8-head MSWA with base window 128: 10800).
+
+How the paper's two-decimal values are read (checked by tests/test_cost.py):
+
+* Tables 2, 5, 6 are *rounded*: SWA w=128 is 12288 / 10800 = 1.1378 -> "1.14" (truncation would
+  give 1.13), MSWA-h 11520 / 10800 = 1.0667 -> "1.07".
+* Table 3 is *truncated*: with one linear layer costing C, rounding would need
+  C in [616.5, 625.5) for "Linear Attention 0.69" (12 C / 10800) but C in [584.5, 611.5) for
+  "Linear Attention + SWA 0.98" ((4 C + 8192) / 10800): no C fits both. Truncation needs
+  C in [621, 625); the derived C = 8 x 153 x 65 / 128 = 621.6 gives 0.6906, 0.9887, 0.8969 ->
+  0.69, 0.98, 0.89.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Optional
+
+from .schedule import WindowSchedule, build_schedule, linear_attention_layer_cost
+
+NUM_LAYERS = 12
+NUM_HEADS = 8
+HEAD_DIM = 64
+FEATURE_DIM = 16
+REFERENCE = dict(pattern="mswa", base_window=128)  # the paper's "1.00" row of Tables 2, 3, 5
+
+
+@dataclass
+class Row:
+    table: int
+    row: str
+    setting: str  # the paper's "Length Setting" column, derived from the schedule
+    cost: float
+    relative_cost: float
+    paper_relative_cost: Optional[float]
+    pattern: str
+    base_window: Optional[int]
+    variation: str = "geometric"
+    layer_pattern: Optional[str] = None  # Table 3: L = linear attention, A = softmax attention
+    seq_len: Optional[int] = None  # for full attention rows
+
+
+def hybrid_cost(
+    layer_pattern: str,
+    schedule: Optional[WindowSchedule],
+    seq_len: Optional[int] = None,
+    num_heads: int = NUM_HEADS,
+    head_dim: int = HEAD_DIM,
+    feature_dim: int = FEATURE_DIM,
+) -> float:
+    """Cost of a model whose layers are ``L`` (linear attention) or ``A`` (softmax attention,
+    windowed by ``schedule``, which has one layer per ``A``)."""
+    n_local = layer_pattern.count("A")
+    n_linear = layer_pattern.count("L")
+    if n_local + n_linear != len(layer_pattern):
+        raise ValueError(f"layer pattern {layer_pattern!r} may only hold 'L' and 'A'")
+    if n_local and (schedule is None or schedule.num_layers != n_local):
+        raise ValueError(f"the schedule must have one layer per 'A' ({n_local})")
+    local = schedule.cost(seq_len) if n_local else 0
+    return local + n_linear * linear_attention_layer_cost(num_heads, head_dim, feature_dim)
+
+
+def reference_cost() -> int:
+    return build_schedule(NUM_LAYERS, NUM_HEADS, **REFERENCE).cost()
+
+
+def _setting(schedule: WindowSchedule, seq_len: Optional[int]) -> str:
+    lo, hi = schedule.window_range()
+    if lo is None:
+        return f"n = {seq_len}"
+    if lo == hi:
+        return f"w = {lo}"
+    return f"w_ij from {lo} to {hi}"
+
+
+def _row(table, name, pattern, base_window=None, variation="geometric", seq_len=None,
+         layer_pattern=None, paper=None) -> Row:
+    n_layers = layer_pattern.count("A") if layer_pattern else NUM_LAYERS
+    if n_layers:
+        schedule = build_schedule(n_layers, NUM_HEADS, base_window, pattern, variation)
+        setting = _setting(schedule, seq_len)
+    else:
+        schedule, setting = None, "linear only"
+    if layer_pattern:
+        cost = hybrid_cost(layer_pattern, schedule, seq_len)
+    else:
+        cost = schedule.cost(seq_len)
+    return Row(table, name, setting, cost, cost / reference_cost(), paper, pattern,
+               base_window, variation, layer_pattern, seq_len)
+
+
+LAA = "LAA" * 4
+
+
+def table_rows(table: int) -> List[Row]:
+    """Rows of the paper's table ``table`` with our cost model and the paper's Relative Cost."""
+    if table == 2:
+        return [
+            _row(2, "Standard Self-Attention (n=1024)", "full", seq_len=1024, paper=9.10),
+            _row(2, "Standard Self-Attention (n=2048)", "full", seq_len=2048, paper=18.20),
+            _row(2, "SWA", "swa", 128, paper=1.14),
+            _row(2, "MSWA-h", "mswa-h", 128, paper=1.07),
+            _row(2, "MSWA-l", "mswa-l", 128, paper=1.07),
+            _row(2, "MSWA", "mswa", 128, paper=1.00),
+        ]
+    if table == 3:
+        return [
+            _row(3, "Transformer", "full", seq_len=2048, layer_pattern="A" * 12, paper=18.20),
+            _row(3, "Linear Attention", "full", layer_pattern="L" * 12, paper=0.69),
+            _row(3, "Linear Attention + SWA", "swa", 128, layer_pattern=LAA, paper=0.98),
+            _row(3, "Linear Attention + MSWA", "mswa", 128, layer_pattern=LAA, paper=0.89),
+            _row(3, "MSWA", "mswa", 128, layer_pattern="A" * 12, paper=1.00),
+        ]
+    if table == 5:
+        rows = []
+        for w, swa_paper, mswa_paper in ((512, 4.55, 4.00), (256, 2.28, 2.00),
+                                         (128, 1.14, 1.00), (64, 0.57, 0.50)):
+            rows.append(_row(5, f"SWA (w={w})", "swa", w, paper=swa_paper))
+            rows.append(_row(5, f"MSWA (base {w})", "mswa", w, paper=mswa_paper))
+        return rows
+    if table == 6:
+        # The copy of the paper in shared/ lacks Table 6's values: the paper's column is unknown.
+        return [
+            _row(6, "MSWA (geometric)", "mswa", 128, "geometric"),
+            _row(6, "Decreasing for Deeper Layer", "mswa", 128, "decreasing"),
+            _row(6, "Arithmetic Progression", "mswa", 128, "arithmetic"),
+        ]
+    raise ValueError(f"no table {table}: use 2, 3, 5 or 6")
+
+
+def display(value: float, table: int) -> str:
+    """Two decimals the way the paper prints them: truncated in Table 3, rounded elsewhere."""
+    if table == 3:
+        return f"{math.floor(value * 100 + 1e-9) / 100:.2f}"
+    return f"{value:.2f}"
+
+
+def as_dicts(rows: List[Row]) -> List[Dict]:
+    out = []
+    for r in rows:
+        d = asdict(r)
+        d["relative_cost_display"] = display(r.relative_cost, r.table)
+        out.append(d)
+    return out
+
+
+def format_table(rows: List[Row]) -> str:
+    lines = [
+        f"Table {rows[0].table} (reference: 12-layer MSWA, base 128, cost {reference_cost()})",
+        f"{'row':36s} {'setting':24s} {'cost':>10s} {'relative':>9s} {'paper':>7s}",
+    ]
+    for r in rows:
+        paper = "unknown" if r.paper_relative_cost is None else f"{r.paper_relative_cost:.2f}"
+        lines.append(f"{r.row:36s} {r.setting:24s} {r.cost:10.1f} "
+                     f"{display(r.relative_cost, r.table):>9s} {paper:>7s}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m fairseq_mswa.cost",
+        description="Relative cost (sum of attention windows) of the MSWA paper's table rows.",
+    )
+    parser.add_argument("--table", type=int, required=True, choices=(2, 3, 5, 6))
+    parser.add_argument("--json", action="store_true", help="print a JSON list of rows")
+    args = parser.parse_args(argv)
+    rows = table_rows(args.table)
+    if args.json:
+        print(json.dumps(as_dicts(rows), indent=2))
+    else:
+        print(format_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
