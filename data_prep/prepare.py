@@ -427,40 +427,34 @@ def prepare_wikitext103(root: Path, archive: Optional[Path] = None, workers: int
     return info
 
 
-def prepare_enwik8(root: Path, archive: Optional[Path] = None, workers: int = 1,
-                   expect_sha256: Optional[str] = None, heldout: int = ENWIK8_HELDOUT_BYTES,
-                   log: Log = _log) -> Dict:
-    """enwik8 -> ``root/enwik8`` (fairseq binarized, one symbol per byte)."""
-    spec = ENWIK8
+def prepare_byte_corpus(root: Path, name: str, get_bytes: Callable[[], bytes],
+                        heldout: int, workers: int = 1, source: Optional[Dict] = None,
+                        log: Log = _log) -> Dict:
+    """Byte-level corpus -> ``root/<name>`` (fairseq binarized, one symbol per byte), split the
+    prep_enwik8 way: the last ``heldout`` bytes are test, the ``heldout`` before them valid.
+
+    ``get_bytes`` is only called when the split text is not there yet (so a finished dataset
+    needs neither the archive nor the network). ``source`` is recorded in prepared.json.
+    """
     root = Path(root)
-    dest = root / spec.name
+    dest = root / name
     for parent in (root, root / "text"):
-        remove_stale_tmp(parent, spec.name, log)
+        remove_stale_tmp(parent, name, log)
     if _already_done(dest, log):
         return json.loads((dest / MARKER).read_text())
-    official = (expect_sha256 or spec.sha256).lower() == spec.sha256
-    text = root / "text" / spec.name
+    text = root / "text" / name
     if not (text / MARKER).is_file():
-        zpath = fetch_archive(spec, root / "downloads", archive, expect_sha256, log)
-        log(f"extracting and splitting {zpath} -> {text}")
+        data = get_bytes()
+        log(f"splitting {len(data):,} bytes -> {text}")
         with atomic_dir(text) as tmp:
-            extract_members(zpath, {ENWIK8_MEMBER: "enwik8"}, tmp)
-            data = (tmp / "enwik8").read_bytes()
-            if official:
-                if len(data) != ENWIK8_BYTES:
-                    raise DataPrepError(f"enwik8 has {len(data):,} bytes, expected {ENWIK8_BYTES:,}")
-                if hashlib.sha256(data).hexdigest() != ENWIK8_RAW_SHA256:
-                    raise DataPrepError("enwik8's extracted bytes have the wrong sha256")
-            splits = enwik8_split(data, heldout)
             meta = {}
-            for name, part in splits.items():
-                log(f"writing {name}.txt: {len(part):,} bytes")
-                write_tokens(part, tmp / f"{name}.txt")
-                meta[name] = {"bytes": len(part), "ends_with_newline": part.endswith(b"\n"),
-                              "expected_symbols": expected_symbols(part)}
-            (tmp / "enwik8").unlink()
-            write_json_atomic(tmp / MARKER, {"archive_sha256": (expect_sha256 or spec.sha256).lower(),
-                                             "heldout_bytes": heldout, "splits": meta})
+            for split, part in enwik8_split(data, heldout).items():
+                log(f"writing {split}.txt: {len(part):,} bytes")
+                write_tokens(part, tmp / f"{split}.txt")
+                meta[split] = {"bytes": len(part), "ends_with_newline": part.endswith(b"\n"),
+                               "expected_symbols": expected_symbols(part)}
+            write_json_atomic(tmp / MARKER, {"heldout_bytes": heldout, "splits": meta,
+                                             "source": source or {}})
     text_meta = json.loads((text / MARKER).read_text())
     if text_meta.get("heldout_bytes") != heldout:
         raise DataPrepError(
@@ -480,12 +474,70 @@ def prepare_enwik8(root: Path, archive: Optional[Path] = None, workers: int = 1,
                     f"{split}: fairseq stored {got['symbols']:,} symbols for {want['bytes']:,} "
                     f"bytes (expected {want['expected_symbols']:,}): the token format is broken"
                 )
-        info = {"dataset": spec.name, "archive_sha256": (expect_sha256 or spec.sha256).lower(),
-                "official_archive": official, "unit": "byte", **stats}
+        info = {"dataset": name, "unit": "byte", "heldout_bytes": heldout,
+                **(source or {}), **stats}
         write_json_atomic(tmp / MARKER, info)
     log(f"done: {dest} (test {stats['splits']['test']['bytes']:,} bytes, "
         f"{stats['dict_types']} byte values)")
     return info
+
+
+def prepare_word_corpus(root: Path, name: str, get_texts: Callable[[], Dict[str, str]],
+                        workers: int = 1, source: Optional[Dict] = None,
+                        log: Log = _log) -> Dict:
+    """Word-level corpus (``get_texts()`` -> {"train", "valid", "test"} -> whitespace-tokenized
+    text, one sentence or paragraph per line) -> ``root/<name>``, the Wikitext recipe."""
+    root = Path(root)
+    dest = root / name
+    for parent in (root, root / "text"):
+        remove_stale_tmp(parent, name, log)
+    if _already_done(dest, log):
+        return json.loads((dest / MARKER).read_text())
+    text = root / "text" / name
+    if not (text / MARKER).is_file():
+        texts = get_texts()
+        with atomic_dir(text) as tmp:
+            for split in SPLITS:
+                (tmp / f"{split}.tokens").write_text(texts[split], encoding="utf-8")
+            write_json_atomic(tmp / MARKER, {"source": source or {}})
+    with atomic_dir(dest) as tmp:
+        run_preprocess({s: text / f"{s}.tokens" for s in SPLITS}, tmp, workers, log)
+        stats = binarized_stats(tmp)
+        info = {"dataset": name, "unit": "word", **(source or {}), **stats}
+        write_json_atomic(tmp / MARKER, info)
+    log(f"done: {dest} (test {stats['splits']['test']['symbols']:,} tokens, "
+        f"{stats['dict_types']:,} types)")
+    return info
+
+
+def prepare_enwik8(root: Path, archive: Optional[Path] = None, workers: int = 1,
+                   expect_sha256: Optional[str] = None, heldout: int = ENWIK8_HELDOUT_BYTES,
+                   log: Log = _log) -> Dict:
+    """enwik8 -> ``root/enwik8`` (fairseq binarized, one symbol per byte)."""
+    spec = ENWIK8
+    root = Path(root)
+    want = (expect_sha256 or spec.sha256).lower()
+    official = want == spec.sha256
+
+    def get_bytes() -> bytes:
+        zpath = fetch_archive(spec, root / "downloads", archive, expect_sha256, log)
+        log(f"extracting {zpath}")
+        try:
+            with zipfile.ZipFile(zpath) as zf:
+                data = zf.read(ENWIK8_MEMBER)
+        except KeyError:
+            raise DataPrepError(f"{zpath} lacks {ENWIK8_MEMBER}: not the expected archive") from None
+        except zipfile.BadZipFile as e:
+            raise DataPrepError(f"{zpath} is not a zip archive ({e})") from None
+        if official:
+            if len(data) != ENWIK8_BYTES:
+                raise DataPrepError(f"enwik8 has {len(data):,} bytes, expected {ENWIK8_BYTES:,}")
+            if hashlib.sha256(data).hexdigest() != ENWIK8_RAW_SHA256:
+                raise DataPrepError("enwik8's extracted bytes have the wrong sha256")
+        return data
+
+    return prepare_byte_corpus(root, spec.name, get_bytes, heldout, workers,
+                               {"archive_sha256": want, "official_archive": official}, log)
 
 
 # --- CLI --------------------------------------------------------------------------------------
