@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Trains and evaluates every row of the MSWA paper's Table 3 (MSWA + linear attention; Wikitext-103 + enwik8),
+# writing results/table3/<dataset>/<row>.json and results/tables.md. Rows: configs/tables/table3.yaml.
+#   scripts/table3.sh [--gpus N] [--max-update N] [--data-dir DIR] [--rows a,b] [--datasets d]
+#   scripts/table3.sh --smoke     # every row, a few updates, tiny built-in corpus, CPU
+#   scripts/table3.sh --dry-run   # print the fairseq commands
+# More knobs: python scripts/reproduce.py --help
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PY="${PYTHON:-python}"
+if [ -z "${VIRTUAL_ENV:-}" ] && [ -x "$ROOT/.venv/bin/python" ]; then PY="$ROOT/.venv/bin/python"; fi
+exec "$PY" "$ROOT/scripts/reproduce.py" --table 3 "$@"

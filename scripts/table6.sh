@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Trains and evaluates every row of the MSWA paper's Table 6 (window variation strategies; Wikitext-103 by default),
+# writing results/table6/<dataset>/<row>.json and results/tables.md. Rows: configs/tables/table6.yaml.
+#   scripts/table6.sh [--gpus N] [--max-update N] [--data-dir DIR] [--rows a,b] [--datasets d]
+#   scripts/table6.sh --smoke     # every row, a few updates, tiny built-in corpus, CPU
+#   scripts/table6.sh --dry-run   # print the fairseq commands
+# More knobs: python scripts/reproduce.py --help
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PY="${PYTHON:-python}"
+if [ -z "${VIRTUAL_ENV:-}" ] && [ -x "$ROOT/.venv/bin/python" ]; then PY="$ROOT/.venv/bin/python"; fi
+exec "$PY" "$ROOT/scripts/reproduce.py" --table 6 "$@"
