@@ -1,0 +1,180 @@
+"""scripts/: reproduce.py planning and parsing, make_tables.py rendering, the table scripts'
+--smoke runs end to end, and the demo's --quick mode."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+import make_tables  # noqa: E402
+import reproduce  # noqa: E402
+
+
+def _opts(**kw):
+    base = dict(datasets=None, rows=None, smoke=False, data_dir="/data", gpus=1,
+                batch_per_gpu=None, max_update=None, runs_dir="/runs", save_root="/ckpt",
+                results_dir="/res", train_args="", eval_args="")
+    base.update(kw)
+    return SimpleNamespace(**base)
+
+
+def _flag(cmd, name):
+    return cmd[cmd.index(name) + 1]
+
+
+# --- reproduce.py: plan -----------------------------------------------------------------------
+
+def test_every_config_row_is_a_cost_row():
+    """Row names in configs/tables match fairseq_mswa.cost and results/paper.json."""
+    from fairseq_mswa.cost import table_rows
+
+    paper = json.loads((REPO / "results" / "paper.json").read_text())
+    for t in reproduce.TABLES:
+        cfg = reproduce.load_table(t)
+        names = [r["row"] for r in cfg["rows"]]
+        assert names == [r.row for r in table_rows(t)]
+        assert names == [r["row"] for r in paper["tables"][str(t)]["rows"]]
+        assert len({r["id"] for r in cfg["rows"]}) == len(names)
+
+
+def test_paper_values_table6_unknown():
+    paper = json.loads((REPO / "results" / "paper.json").read_text())
+    for r in paper["tables"]["6"]["rows"]:
+        assert r["wikitext-103"] is None and r["enwik8"] is None
+    t2 = {r["row"]: r for r in paper["tables"]["2"]["rows"]}
+    assert t2["MSWA"]["wikitext-103"] == 29.56 and t2["SWA"]["enwik8"] == 1.22
+
+
+def test_plan_paper_setup_and_memory():
+    setup = reproduce.load_setup()
+    runs = reproduce.plan_runs(2, _opts(), setup)
+    assert len(runs) == 12  # 6 rows x 2 datasets
+    by = {(r.dataset, r.row["id"]): r for r in runs}
+    wt = by[("wikitext-103", "mswa")].train_cmd
+    assert _flag(wt, "--max-update") == "150000" and _flag(wt, "--lr") == "0.0002"
+    assert _flag(wt, "--adam-betas") == "(0.9, 0.98)"
+    assert _flag(wt, "--lr-scheduler") == "cosine" and _flag(wt, "--warmup-updates") == "1000"
+    assert int(_flag(wt, "--batch-size")) * int(_flag(wt, "--tokens-per-sample")) == 16384
+    en = by[("enwik8", "swa")].train_cmd
+    assert int(_flag(en, "--batch-size")) * int(_flag(en, "--tokens-per-sample")) == 49152
+    # memory = the row's largest window
+    assert _flag(wt, "--mem-len") == "512"
+    assert _flag(by[("enwik8", "swa")].train_cmd, "--mem-len") == "128"
+    assert _flag(by[("enwik8", "full-n2048")].train_cmd, "--mem-len") == "2048"
+    t5 = {r.row["id"]: r for r in reproduce.plan_runs(5, _opts(), setup)}
+    assert _flag(t5["mswa-512"].train_cmd, "--mem-len") == "2048"
+    t6 = {r.row["id"]: r for r in reproduce.plan_runs(6, _opts(), setup)}
+    assert _flag(t6["arithmetic"].train_cmd, "--mem-len") == "200"
+    assert _flag(t6["decreasing"].train_cmd, "--window-variation") == "decreasing"
+    t3 = reproduce.plan_runs(3, _opts(datasets="enwik8"), setup)
+    assert [_flag(r.train_cmd, "--arch") for r in t3] == [
+        "linear_mswa_transformer", "linear_mswa_linear", "linear_mswa_la_swa",
+        "linear_mswa_la_mswa", "linear_mswa_mswa"]
+    assert all("--mem-len" not in r.train_cmd for r in t3)
+    assert all(int(_flag(r.train_cmd, "--batch-size")) == 8 for r in t3)
+    assert all(_flag(r.train_cmd, "--tokens-per-sample") == "2048" for r in t3)
+
+
+def test_plan_gpus_keep_tokens_per_update():
+    setup = reproduce.load_setup()
+    for gpus, per_gpu, want_bs, want_uf in ((4, None, 24, 1), (4, 8, 8, 3), (1, 16, 16, 6)):
+        run = reproduce.plan_runs(2, _opts(gpus=gpus, batch_per_gpu=per_gpu, datasets="enwik8",
+                                           rows="mswa"), setup)[0]
+        cmd = run.train_cmd
+        assert int(_flag(cmd, "--batch-size")) == want_bs
+        assert int(_flag(cmd, "--update-freq")) == want_uf
+        assert gpus * want_bs * want_uf * int(_flag(cmd, "--tokens-per-sample")) == 49152
+        assert ("--distributed-world-size" in cmd) == (gpus > 1)
+    with pytest.raises(reproduce.ReproError, match="cannot be split over 5 GPU"):
+        reproduce.plan_runs(2, _opts(gpus=5, datasets="enwik8"), setup)
+
+
+def test_plan_row_selection_and_overrides():
+    setup = reproduce.load_setup()
+    runs = reproduce.plan_runs(5, _opts(rows="swa-64,MSWA (base 64)", max_update=10), setup)
+    assert [r.row["id"] for r in runs] == ["swa-64", "mswa-64"]
+    assert all(_flag(r.train_cmd, "--max-update") == "10" for r in runs)
+    with pytest.raises(reproduce.ReproError, match="unknown row"):
+        reproduce.plan_runs(5, _opts(rows="nope"), setup)
+    with pytest.raises(reproduce.ReproError, match="unknown dataset"):
+        reproduce.plan_runs(5, _opts(datasets="ptb"), setup)
+
+
+def test_missing_data_names_the_prep_script(tmp_path, capsys):
+    rc = reproduce.main(["--table", "6", "--data-dir", str(tmp_path), "--results-dir",
+                         str(tmp_path / "res"), "--no-tables"])
+    assert rc == 1
+    assert "data_prep/wikitext103.sh" in capsys.readouterr().err
+
+
+# --- reproduce.py: parsing and metrics --------------------------------------------------------
+
+EVAL_OUT = """2026-11-23 06:26:11 | INFO | fairseq_cli.eval_lm | num. model params: 1234
+INFO:fairseq_cli.eval_lm:Evaluated 23,309 tokens in 0.9s (25993.96 tokens/s)
+INFO:fairseq_cli.eval_lm:Loss (base 2): 6.9264, Perplexity: 121.64
+"""
+TRAIN_OUT = """2026-11-23 06:26:07 | INFO | train_inner | epoch 001:      2 / 6555 loss=6.886, ppl=118.3, wps=11660.7, ups=182.16, wpb=64, bsz=2, num_updates=2, lr=2e-05, gnorm=1.903, train_wall=0, wall=1
+2026-11-23 06:26:07 | INFO | train | epoch 001 | loss 6.935 | ppl 122.35 | wps 150 | ups 2.34 | wpb 64 | bsz 2 | num_updates 2 | lr 2e-05 | gnorm 1.992 | train_wall 0 | wall 1
+"""
+
+
+def test_parse_fairseq_output():
+    ev = reproduce.parse_eval(EVAL_OUT)
+    assert ev == {"eval_symbols": 23309, "eval_seconds": 0.9, "eval_tokens_per_s": 25993.96,
+                  "loss_base2": 6.9264, "perplexity": 121.64}
+    tr = reproduce.parse_train(TRAIN_OUT)
+    assert tr["updates"] == 2 and tr["train_tokens_per_s"] == 150.0
+    with pytest.raises(reproduce.ReproError, match="Evaluated N tokens"):
+        reproduce.parse_eval("nothing here")
+
+
+def test_bpc_is_bits_per_byte_and_checks_symbol_count():
+    ev = reproduce.parse_eval(EVAL_OUT)
+    split = {"unit": "byte", "symbols": 23309, "bytes": 23309}
+    v = reproduce.metric_value("enwik8", "bpc", ev, split)
+    assert v["value"] == pytest.approx(6.9264)
+    # one extra </s> (split without a final newline): total bits spread over the bytes
+    v = reproduce.metric_value("enwik8", "bpc", dict(ev, eval_symbols=23310),
+                               {"unit": "byte", "symbols": 23310, "bytes": 23309})
+    assert v["value"] == pytest.approx(6.9264 * 23310 / 23309)
+    with pytest.raises(reproduce.ReproError, match="scored 23,309 symbols but the test split"):
+        reproduce.metric_value("enwik8", "bpc", ev, dict(split, symbols=23310))
+    assert reproduce.metric_value("wikitext-103", "ppl", ev, {})["value"] == 121.64
+
+
+# --- make_tables.py ---------------------------------------------------------------------------
+
+def _result(table, row, dataset, value, smoke=False):
+    return {"table": table, "row": row, "dataset": dataset, "value": value, "smoke": smoke,
+            "train": {"updates": 7, "tokens_per_update": 64}, "eval_symbols": 100}
+
+
+def test_make_tables_renders_ours_next_to_paper(tmp_path):
+    res = tmp_path / "results"
+    for t, row, d, v in ((5, "SWA (w=128)", "wikitext-103", 31.5),
+                         (5, "MSWA (base 128)", "wikitext-103", 30.25),
+                         (5, "SWA (w=64)", "wikitext-103", 33.0),
+                         (5, "MSWA (base 64)", "wikitext-103", 31.0),
+                         (2, "MSWA", "enwik8", 1.234)):
+        p = res / f"table{t}" / d / f"{abs(hash(row))}.json"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(_result(t, row, d, v, smoke=(t == 2))))
+    out = tmp_path / "tables.md"
+    written = make_tables.render(res, REPO / "results" / "paper.json", out)
+    md = out.read_text()
+    assert "| SWA (w=128) | w = 128 | 1.14 | 1.14 | 31.50 | 30.70 |" in md
+    assert "| MSWA (base 128) | w_ij from 8 to 512 | 1.00 | 1.00 | 30.25 | 29.56 |" in md
+    assert "| SWA (w=512) | w = 512 | 4.55 | 4.55 | - | 29.20 |" in md
+    assert "| MSWA | w_ij from 8 to 512 | 1.00 | 1.00 | - | 29.56 | 1.23 (smoke) | 1.11 |" in md
+    assert "| Arithmetic Progression | w_ij from 32 to 200 | 0.87 | unknown |" in md
+    png = tmp_path / "table5_wikitext-103.png"
+    assert png in written and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob(".*tmp*"))
