@@ -1,0 +1,382 @@
+"""``linear_mswa``: Taylor linear attention stacked with (multi-scale) window attention (MSWA paper,
+Sec. 4.4, 5.1.2, Table 3, Appendix B.2.1).
+
+Architecture: pre-norm RMSNorm blocks, each a token mixer then a SwiGLU feed-forward; the mixer is
+``L`` (Taylor linear attention, q/k feature dim 16, RoPE before the feature map) or ``A`` (softmax
+attention with RoPE over a window per head). No Transformer-XL cache: each 2048-token sequence stands
+alone. The window schedule is built over the ``A`` layers only, "as a whole" (the default ``LAA`` x 4
+has 8 local layers -> 4 layer groups of 2 with ``--attn-pattern mswa``), with the shared window flags
+of ``WindowAttentionConfig``.
+
+Table 3 presets (``--arch``): ``linear_mswa_transformer`` (all A, full), ``linear_mswa_linear`` (all
+L), ``linear_mswa_la_swa`` (LAA, swa 128), ``linear_mswa_la_mswa`` (= ``linear_mswa``: LAA, mswa 128),
+``linear_mswa_mswa`` (all A, mswa 128), and ``linear_mswa_tiny`` for tests. The same presets for
+fairseq-hydra-train are ``configs/model/linear_mswa*.yaml``.
+
+Cost: ``local_layer_indices`` / ``linear_layer_indices`` give the map from layers to the schedule that
+``fairseq_mswa.cost`` uses (a linear layer costs ``schedule.linear_attention_layer_cost()``).
+"""
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+from fairseq import options
+from fairseq.dataclass import ChoiceEnum
+from fairseq.models import (
+    FairseqIncrementalDecoder,
+    FairseqLanguageModel,
+    register_model,
+    register_model_architecture,
+)
+from fairseq.modules import AdaptiveInput, AdaptiveSoftmax
+from omegaconf import II
+from torch import Tensor, nn
+
+from ..modules.feedforward import SwiGLU
+from ..modules.linear_layer import LINEAR_IMPLS, TaylorLinearAttention
+from ..modules.local_attention import LocalAttention
+from ..modules.norms import RMSNorm
+from ..schedule import ScheduleError, WindowSchedule
+from .window_config import WindowAttentionConfig, schedule_from_config
+
+LAYER_KINDS = {"L": "linear attention", "A": "local (window) softmax attention"}
+DEFAULT_LAYER_PATTERN = "LAA"
+
+
+def expand_layer_pattern(pattern: str, num_layers: int) -> str:
+    """The per-layer pattern: ``pattern`` itself if it has ``num_layers`` letters, else the unit
+    ``pattern`` repeated to ``num_layers`` (``"LAA"``, 12 -> ``"LAALAALAALAA"``)."""
+    pattern = (pattern or "").strip()
+    bad = sorted(set(pattern) - set(LAYER_KINDS))
+    if not pattern or bad:
+        raise ScheduleError(
+            f"--layer-pattern {pattern!r} must be a non-empty string of 'L' (linear attention) and "
+            f"'A' (local attention) letters" + (f"; unknown letters {bad}" if bad else "")
+        )
+    if num_layers < 1:
+        raise ScheduleError(f"--decoder-layers must be >= 1, got {num_layers}")
+    if len(pattern) == num_layers:
+        return pattern
+    if num_layers % len(pattern) == 0:
+        return pattern * (num_layers // len(pattern))
+    raise ScheduleError(
+        f"--layer-pattern {pattern!r} has {len(pattern)} letters, which neither equals nor divides "
+        f"--decoder-layers {num_layers}: give one letter per layer or a unit that repeats evenly"
+    )
+
+
+def local_layer_indices(layer_pattern: str) -> List[int]:
+    """Indices of the ``A`` layers; the i-th of them takes row i of the window schedule."""
+    return [i for i, c in enumerate(layer_pattern) if c == "A"]
+
+
+def linear_layer_indices(layer_pattern: str) -> List[int]:
+    """Indices of the ``L`` (linear attention) layers."""
+    return [i for i, c in enumerate(layer_pattern) if c == "L"]
+
+
+def hybrid_schedule(cfg, layer_pattern: str, num_heads: int) -> Optional[WindowSchedule]:
+    """The window schedule over the local layers of ``layer_pattern`` (None when there are none)."""
+    n_local = len(local_layer_indices(layer_pattern))
+    return schedule_from_config(cfg, n_local, num_heads) if n_local else None
+
+
+@dataclass
+class LinearMSWAConfig(WindowAttentionConfig):
+    dropout: float = field(default=0.1, metadata={"help": "dropout on embeddings and residual branches"})
+    attention_dropout: float = field(
+        default=0.0, metadata={"help": "dropout on the softmax attention probabilities"}
+    )
+    activation_dropout: float = field(
+        default=0.0, metadata={"help": "dropout inside the SwiGLU feed-forward"}
+    )
+    decoder_embed_dim: int = field(default=512, metadata={"help": "model dimension"})
+    decoder_ffn_embed_dim: int = field(
+        default=1536, metadata={"help": "SwiGLU hidden dimension (Llama rule for 512: 1536)"}
+    )
+    decoder_layers: int = field(default=12, metadata={"help": "number of layers"})
+    decoder_attention_heads: int = field(
+        default=8, metadata={"help": "heads per layer (head dim = model dim / heads)"}
+    )
+    layer_pattern: str = field(
+        default=DEFAULT_LAYER_PATTERN,
+        metadata={
+            "help": "layer kinds, L = linear attention, A = local attention: one letter per layer, "
+            "or a unit repeated to --decoder-layers (LAA = the paper's 1 linear + 2 local per stack)"
+        },
+    )
+    feature_dim: int = field(
+        default=16, metadata={"help": "per-head q/k dimension of linear attention (Taylor map input)"}
+    )
+    linear_chunk_size: int = field(
+        default=64, metadata={"help": "chunk size of the chunk-parallel linear attention"}
+    )
+    linear_impl: ChoiceEnum(list(LINEAR_IMPLS)) = field(
+        default="torch",
+        metadata={
+            "help": "linear attention kernel: torch (pure PyTorch, chunked), fla (fla-core Triton "
+            "Based kernel, CUDA only), auto (fla when available on CUDA)"
+        },
+    )
+    rope_base: float = field(default=10000.0, metadata={"help": "RoPE base (theta)"})
+    no_scale_embedding: bool = field(
+        default=False, metadata={"help": "do not scale embeddings by sqrt(model dim)"}
+    )
+    share_decoder_input_output_embed: bool = field(
+        default=True, metadata={"help": "tie the token embedding and the output projection"}
+    )
+    adaptive_input: bool = field(default=False, metadata={"help": "use fairseq's AdaptiveInput"})
+    adaptive_input_factor: float = field(default=4, metadata={"help": "adaptive input factor"})
+    adaptive_input_cutoff: Optional[str] = field(
+        default=None, metadata={"help": "comma separated adaptive input cutoffs"}
+    )
+    adaptive_softmax_cutoff: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "comma separated adaptive softmax cutoffs (use --criterion adaptive_loss and "
+            "--ddp-backend legacy_ddp)"
+        },
+    )
+    adaptive_softmax_dropout: float = field(
+        default=0, metadata={"help": "adaptive softmax dropout for the tail projections"}
+    )
+    adaptive_softmax_factor: float = field(default=4, metadata={"help": "adaptive softmax factor"})
+    tie_adaptive_weights: bool = field(
+        default=False, metadata={"help": "tie the adaptive input and adaptive softmax weights"}
+    )
+    tie_adaptive_proj: bool = field(
+        default=False, metadata={"help": "tie the adaptive input and softmax projections"}
+    )
+    max_target_positions: Optional[int] = II("task.tokens_per_sample")
+
+
+class HybridBlock(nn.Module):
+    """Pre-norm block: x + mixer(norm(x)), then x + SwiGLU(norm(x)); the mixer is L or A."""
+
+    def __init__(self, kind: str, cfg, windows=None):
+        super().__init__()
+        embed_dim, heads = cfg.decoder_embed_dim, cfg.decoder_attention_heads
+        self.kind = kind
+        self.mixer_norm = RMSNorm(embed_dim)
+        if kind == "L":
+            self.mixer = TaylorLinearAttention(
+                embed_dim, heads, feature_dim=cfg.feature_dim, chunk_size=cfg.linear_chunk_size,
+                impl=str(cfg.linear_impl), rope_base=cfg.rope_base,
+            )
+        else:
+            self.mixer = LocalAttention(
+                embed_dim, heads, windows, sink_tokens=int(cfg.sink_tokens),
+                attention_dropout=cfg.attention_dropout, backend=str(cfg.attn_backend),
+                rope_base=cfg.rope_base,
+            )
+        self.ffn_norm = RMSNorm(embed_dim)
+        self.ffn = SwiGLU(embed_dim, cfg.decoder_ffn_embed_dim, cfg.activation_dropout)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, cache: Optional[Dict[str, Tensor]] = None, offset: int = 0):
+        """x: (B, L, E). ``cache`` (decoding): this layer's entries (k, v) or (S, z); updated in place."""
+        h = self.mixer_norm(x)
+        if cache is None:
+            h = self.mixer(h)[0] if self.kind == "A" else self.mixer(h)
+        elif self.kind == "A":
+            if "k" in cache:
+                kv = (cache["k"], cache["v"])
+            else:
+                empty = h.new_zeros(h.shape[0], self.mixer.num_heads, 0, self.mixer.head_dim)
+                kv = (empty, empty)
+            h, (cache["k"], cache["v"]) = self.mixer(h, cache=kv, offset=offset)
+        else:
+            state = (cache["S"], cache["z"]) if "S" in cache else None
+            h, (cache["S"], cache["z"]) = self.mixer(h, state=state, offset=offset, return_state=True)
+        x = x + self.dropout(h)
+        return x + self.dropout(self.ffn(self.ffn_norm(x)))
+
+
+class LinearMSWADecoder(FairseqIncrementalDecoder):
+    """Token embedding -> hybrid blocks -> RMSNorm -> tied output (or adaptive softmax)."""
+
+    def __init__(self, cfg, dictionary, embed_tokens):
+        super().__init__(dictionary)
+        self.cfg = cfg
+        self.layer_pattern = expand_layer_pattern(cfg.layer_pattern, cfg.decoder_layers)
+        self.schedule = hybrid_schedule(cfg, self.layer_pattern, cfg.decoder_attention_heads)
+        embed_dim = cfg.decoder_embed_dim
+        self.embed_tokens = embed_tokens
+        self.embed_scale = 1.0 if cfg.no_scale_embedding else math.sqrt(embed_dim)
+        self.dropout = nn.Dropout(cfg.dropout)
+        local = {layer: row for row, layer in enumerate(local_layer_indices(self.layer_pattern))}
+        self.layers = nn.ModuleList(
+            HybridBlock(kind, cfg, self.schedule.layer(local[i]) if kind == "A" else None)
+            for i, kind in enumerate(self.layer_pattern)
+        )
+        self.final_norm = RMSNorm(embed_dim)
+        self.adaptive_softmax = None
+        self.output_projection = None
+        if cfg.adaptive_softmax_cutoff is not None:
+            self.adaptive_softmax = AdaptiveSoftmax(
+                len(dictionary),
+                embed_dim,
+                options.eval_str_list(cfg.adaptive_softmax_cutoff, type=int),
+                dropout=cfg.adaptive_softmax_dropout,
+                adaptive_inputs=embed_tokens if cfg.tie_adaptive_weights else None,
+                factor=cfg.adaptive_softmax_factor,
+                tie_proj=cfg.tie_adaptive_proj,
+            )
+        elif cfg.share_decoder_input_output_embed and not cfg.adaptive_input:
+            self.output_projection = nn.Linear(embed_dim, len(dictionary), bias=False)
+            self.output_projection.weight = embed_tokens.weight
+        else:
+            self.output_projection = nn.Linear(embed_dim, len(dictionary), bias=False)
+            nn.init.normal_(self.output_projection.weight, mean=0, std=embed_dim ** -0.5)
+
+    def forward(
+        self,
+        prev_output_tokens: Tensor,
+        incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None,
+        features_only: bool = False,
+        src_lengths: Optional[Tensor] = None,
+        **unused,
+    ):
+        """prev_output_tokens (B, T) -> (logits (B, T, V) or features with adaptive softmax, extra).
+
+        With ``incremental_state`` only the tokens after the cached ones are run (decoding)."""
+        x, extra = self.extract_features(prev_output_tokens, incremental_state)
+        if not features_only:
+            x = self.output_layer(x)
+        return x, extra
+
+    def extract_features(self, prev_output_tokens: Tensor, incremental_state=None, **unused):
+        caches = None
+        offset = 0
+        if incremental_state is not None:
+            caches = self.get_incremental_state(incremental_state, "cache") or {}
+            if "pos" in caches:
+                offset = int(caches["pos"].item())
+            prev_output_tokens = prev_output_tokens[:, offset:]
+        x = self.dropout(self.embed_scale * self.embed_tokens(prev_output_tokens))
+        for i, layer in enumerate(self.layers):
+            if caches is None:
+                x = layer(x)
+            else:
+                layer_cache = {
+                    key.split(".", 1)[1]: t for key, t in caches.items() if key.startswith(f"{i}.")
+                }
+                x = layer(x, cache=layer_cache, offset=offset)
+                caches.update({f"{i}.{key}": t for key, t in layer_cache.items()})
+        x = self.final_norm(x)
+        if caches is not None:
+            caches["pos"] = torch.tensor(offset + prev_output_tokens.shape[1])
+            self.set_incremental_state(incremental_state, "cache", caches)
+        return x, {"attn": [None], "inner_states": [x]}
+
+    def output_layer(self, features: Tensor) -> Tensor:
+        if self.adaptive_softmax is not None:
+            return features
+        return self.output_projection(features)
+
+    def reorder_incremental_state(self, incremental_state, new_order: Tensor):
+        caches = self.get_incremental_state(incremental_state, "cache")
+        if caches is None:
+            return
+        for key, t in caches.items():
+            if key != "pos" and t is not None:
+                caches[key] = t.index_select(0, new_order)
+        self.set_incremental_state(incremental_state, "cache", caches)
+
+    def max_positions(self):
+        return self.cfg.max_target_positions or int(1e6)
+
+
+@register_model("linear_mswa", dataclass=LinearMSWAConfig)
+class LinearMSWALanguageModel(FairseqLanguageModel):
+    """Hybrid linear attention + (M)SWA language model (the MSWA paper's Table 3)."""
+
+    @classmethod
+    def build_model(cls, cfg, task):
+        dictionary = task.source_dictionary
+        embed_dim = cfg.decoder_embed_dim
+        if cfg.adaptive_input:
+            embed_tokens = AdaptiveInput(
+                len(dictionary), dictionary.pad(), embed_dim, cfg.adaptive_input_factor, embed_dim,
+                options.eval_str_list(cfg.adaptive_input_cutoff, type=int),
+            )
+        else:
+            embed_tokens = nn.Embedding(len(dictionary), embed_dim, padding_idx=dictionary.pad())
+            nn.init.normal_(embed_tokens.weight, mean=0, std=embed_dim ** -0.5)
+            nn.init.constant_(embed_tokens.weight[dictionary.pad()], 0)
+        if cfg.tie_adaptive_weights:
+            if not cfg.adaptive_input or cfg.adaptive_softmax_cutoff is None:
+                raise ValueError("--tie-adaptive-weights needs --adaptive-input and --adaptive-softmax-cutoff")
+            if (
+                cfg.adaptive_input_factor != cfg.adaptive_softmax_factor
+                or cfg.adaptive_input_cutoff != cfg.adaptive_softmax_cutoff
+            ):
+                raise ValueError(
+                    "--tie-adaptive-weights needs equal adaptive input/softmax factors and cutoffs"
+                )
+        return cls(LinearMSWADecoder(cfg, task.target_dictionary, embed_tokens))
+
+    @property
+    def layer_pattern(self) -> str:
+        return self.decoder.layer_pattern
+
+    @property
+    def schedule(self) -> Optional[WindowSchedule]:
+        return self.decoder.schedule
+
+
+# --- presets (fairseq-train --arch); command-line flags still win ------------------------------
+
+def _set(args, name, value):
+    setattr(args, name, getattr(args, name, value))
+
+
+def _table3(args, layer_pattern, attn_pattern, base_window=128):
+    _set(args, "layer_pattern", layer_pattern)
+    _set(args, "attn_pattern", attn_pattern)
+    _set(args, "base_window", base_window)
+
+
+@register_model_architecture("linear_mswa", "linear_mswa_la_mswa")
+def linear_mswa_la_mswa(args):
+    """Table 3 "Linear Attention + MSWA" (the default architecture)."""
+    _table3(args, "LAA", "mswa")
+
+
+@register_model_architecture("linear_mswa", "linear_mswa_la_swa")
+def linear_mswa_la_swa(args):
+    """Table 3 "Linear Attention + SWA"."""
+    _table3(args, "LAA", "swa")
+
+
+@register_model_architecture("linear_mswa", "linear_mswa_transformer")
+def linear_mswa_transformer(args):
+    """Table 3 "Transformer": every layer full softmax attention with RoPE."""
+    _table3(args, "A", "full")
+
+
+@register_model_architecture("linear_mswa", "linear_mswa_linear")
+def linear_mswa_linear(args):
+    """Table 3 "Linear Attention": every layer linear attention."""
+    _table3(args, "L", "full")
+
+
+@register_model_architecture("linear_mswa", "linear_mswa_mswa")
+def linear_mswa_mswa(args):
+    """Table 3 "MSWA": every layer local attention, mswa pattern."""
+    _table3(args, "A", "mswa")
+
+
+@register_model_architecture("linear_mswa", "linear_mswa_tiny")
+def linear_mswa_tiny(args):
+    """Tiny LAA x 2 hybrid for tests: 6 layers, dim 32, 4 heads, feature dim 8, windows 1..32."""
+    _set(args, "decoder_embed_dim", 32)
+    _set(args, "decoder_ffn_embed_dim", 64)
+    _set(args, "decoder_layers", 6)
+    _set(args, "decoder_attention_heads", 4)
+    _set(args, "feature_dim", 8)
+    _set(args, "linear_chunk_size", 16)
+    _set(args, "dropout", 0.0)
+    _table3(args, "LAA", "mswa", base_window=16)
