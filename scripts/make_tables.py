@@ -87,7 +87,8 @@ def table_markdown(table: int, paper: Dict, results: Dict[tuple, Dict]) -> str:
             digits = 2
             cells += [_ours(results.get((c["row"], d)), digits), _fmt(p.get(d), digits)]
         lines.append("| " + " | ".join(cells) + " |")
-    runs = [results[k] for k in sorted(results)]
+    order = {c["row"]: i for i, c in enumerate(costs)}
+    runs = [results[k] for k in sorted(results, key=lambda k: (k[1], order.get(k[0], 99)))]
     if runs:
         lines += ["", "Runs:"]
         for r in runs:
@@ -111,9 +112,9 @@ def plot_table(table: int, dataset: str, paper: Dict, results: Dict[tuple, Dict]
     """Metric against relative cost (log scale), paper hollow, ours filled."""
     import logging
 
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     import matplotlib
 
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -161,13 +161,19 @@ def plan_runs(table: int, opts, setup: Dict) -> List[Run]:
         for row in rows:
             args = dict(row.get("args", {}))
             arch = row.get("arch") or ds.get("arch")
-            if smoke and cfg["family"] in smoke["arch"] and not row.get("arch"):
-                arch = smoke["arch"][cfg["family"]]
-            criterion = smoke["criterion"] if smoke else ds["criterion"]
+            criterion = ds["criterion"]
+            # flags, later ones win: paper setup < family < dataset < smoke < smoke model dims
             train = dict(setup["train"])
-            train.update(family.get("train", {}))
+            train.update(family.get("train") or {})
+            train.update(ds.get("train") or {})
             if smoke:
+                sds = smoke["datasets"][dataset]
                 train.update(smoke["train"])
+                train.update(sds.get("train") or {})
+                train.update((smoke.get("model") or {}).get(cfg["family"]) or {})
+                for key in ("adaptive-input-cutoff", "adaptive-softmax-cutoff"):
+                    if key in train:
+                        train[key] = sds["adaptive_cutoff"]
             if opts.max_update is not None:
                 train["max-update"] = opts.max_update
             mem = None
