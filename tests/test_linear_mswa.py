@@ -309,3 +309,18 @@ def test_fairseq_train_learns_la_mswa(tiny_corpus, tmp_path):
         tiny_corpus, tmp_path / "ckpt", "linear_mswa_la_mswa", ["--decoder-layers", "6"], updates=40
     )
     assert ppl < 8, ppl
+
+
+def test_fairseq_train_adaptive_input_and_softmax(tiny_corpus, tmp_path):
+    """The Wikitext-103 recipe of configs/tables/setup.yaml: tied adaptive input + adaptive softmax
+    with --criterion adaptive_loss (legacy_ddp), then fairseq-eval-lm."""
+    adaptive = ["--adaptive-input", "--adaptive-input-cutoff", "10,20", "--adaptive-softmax-cutoff",
+                "10,20", "--adaptive-softmax-dropout", "0.2", "--tie-adaptive-weights",
+                "--tie-adaptive-proj", "--ddp-backend", "legacy_ddp", "--criterion", "adaptive_loss",
+                "--decoder-layers", "6"]
+    tokens, loss, ppl = _train_and_eval(tiny_corpus, tmp_path / "ckpt", "linear_mswa_la_mswa",
+                                        adaptive, updates=2)
+    assert tokens > 0 and 0 < loss < 20
+    state = torch.load(tmp_path / "ckpt" / "checkpoint_last.pt", weights_only=False)["model"]
+    assert any(k.startswith("decoder.adaptive_softmax.") for k in state)
+    assert any(k.startswith("decoder.embed_tokens.embeddings.") for k in state)  # AdaptiveInput
