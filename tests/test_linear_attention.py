@@ -226,6 +226,16 @@ def test_rope_before_feature_map_is_shift_invariant():
     assert (linear_attention_chunked(q, k, v, chunk_size=16) - out0).abs().max() > 1e-3
 
 
+def test_rotary_half_precision_is_rotated_in_float32():
+    q, k, _ = _qkv(length=300, d=16)
+    rope = RotaryEmbedding(16)
+    qb, kb = rope(q.bfloat16(), k.bfloat16(), offset=1700)
+    q32, k32 = rope(q.bfloat16().float(), k.bfloat16().float(), offset=1700)
+    assert qb.dtype == kb.dtype == torch.bfloat16
+    torch.testing.assert_close(qb, q32.bfloat16())
+    torch.testing.assert_close(kb, k32.bfloat16())
+
+
 def test_rotary_rejects_odd_dim():
     with pytest.raises(ValueError, match="even"):
         RotaryEmbedding(15)

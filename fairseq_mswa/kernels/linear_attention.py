@@ -273,7 +273,9 @@ def fla_parallel_based(
 ) -> torch.Tensor:
     """flash-linear-attention's ``parallel_based`` (same kernel, eps 1e-6). CUDA only.
 
-    q, k (B, H, L, d) with d <= 128, v (B, H, L, D) -> (B, H, L, D). fla takes (B, L, H, .) inputs.
+    q, k (B, H, L, d) with d <= 128, v (B, H, L, D) -> (B, H, L, D). Not run by the CPU test suite:
+    tests/test_linear_attention.py compares it with ``linear_attention_chunked`` where CUDA and
+    fla-core are present.
     """
     _check_qkv(q, k, v)
     if not q.is_cuda:
@@ -281,14 +283,18 @@ def fla_parallel_based(
             "fla's Based kernel runs on CUDA only: use linear_attention_chunked on CPU "
             "(--linear-impl torch)"
         )
+    import inspect
+
     from fla.ops.based import parallel_based
 
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    o = parallel_based(
-        q.transpose(1, 2).contiguous(),
-        k.transpose(1, 2).contiguous(),
-        v.transpose(1, 2).contiguous(),
-        scale=scale,
-        use_norm=True,
-    )
-    return o.transpose(1, 2).to(v.dtype)
+    if "head_first" in inspect.signature(parallel_based).parameters:
+        # fla >= 0.2: (B, L, H, .) is the default layout (head_first=True is deprecated)
+        o = parallel_based(
+            *(x.transpose(1, 2).contiguous() for x in (q, k, v)),
+            scale=scale, use_norm=True, head_first=False,
+        )
+        o = o.transpose(1, 2)
+    else:  # older fla: head-first (B, H, L, .) only
+        o = parallel_based(q.contiguous(), k.contiguous(), v.contiguous(), scale=scale, use_norm=True)
+    return o.to(v.dtype)

@@ -21,6 +21,11 @@ except ImportError:  # pragma: no cover - the dispatcher is written in parallel;
 
     def window_attention(q, k, v, windows, *, sink_tokens=0, pos_scores=None, dropout_p=0.0,
                          scale=None, backend="auto"):
+        if backend not in ("auto", "dense"):
+            raise RuntimeError(
+                f"attention backend {backend!r} needs fairseq_mswa/kernels/window_attention.py; "
+                "use --attn-backend dense"
+            )
         return dense_window_attention(q, k, v, windows, sink_tokens, pos_scores, dropout_p, scale)
 
 

@@ -43,7 +43,7 @@ class RotaryEmbedding(nn.Module):
     """Applies RoPE to (B, H, L, dim) queries and keys at positions ``offset .. offset + L - 1``.
 
     The tables are recomputed per call (cheap next to attention) and hold no state, so the module
-    has no buffers and adds nothing to checkpoints.
+    has no buffers and adds nothing to checkpoints. Half-precision inputs are rotated in float32.
     """
 
     def __init__(self, dim: int, base: float = 10000.0):
@@ -56,11 +56,12 @@ class RotaryEmbedding(nn.Module):
     def forward(self, q: torch.Tensor, k: torch.Tensor, offset: int = 0):
         """q: (B, H, Lq, dim) at positions offset + Lk - Lq ..; k: (B, H, Lk, dim) at offset .."""
         lq, lk = q.shape[-2], k.shape[-2]
+        dtype = q.dtype if q.dtype in (torch.float32, torch.float64) else torch.float32
         positions = torch.arange(offset, offset + lk, device=k.device)
-        cos, sin = rotary_cos_sin(positions, self.dim, self.base, dtype=q.dtype)
-        k = apply_rotary(k, cos, sin)
-        q = apply_rotary(q, cos[lk - lq:], sin[lk - lq:])
-        return q, k
+        cos, sin = rotary_cos_sin(positions, self.dim, self.base, dtype=dtype)
+        k_rot = apply_rotary(k.to(dtype), cos, sin).to(k.dtype)
+        q_rot = apply_rotary(q.to(dtype), cos[lk - lq:], sin[lk - lq:]).to(q.dtype)
+        return q_rot, k_rot
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, base={self.base}"
