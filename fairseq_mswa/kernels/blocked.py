@@ -1,0 +1,209 @@
+"""Blocked causal multi-scale window attention in pure PyTorch: O(n * w) time and memory.
+
+Semantics are those of :func:`fairseq_mswa.kernels.dense.dense_window_attention` (memory
+prefix, per-head windows, sink tokens, distance scores); read its module docstring.
+
+How it works, for one group of heads that share a window ``w`` (all heads with the same window
+are computed together):
+
+* the ``Lq`` queries are cut into ``nb`` blocks of ``bq`` queries (the last one zero-padded);
+* block ``b`` (queries at key positions ``[p0, p0 + bq)``) can reach the ``span = bq + w - 1``
+  keys ``[p0 - w + 1, p0 + bq)``; after left/right zero padding of the keys those spans are a
+  strided ``unfold`` view, so every block of the group goes through ONE batched
+  ``scaled_dot_product_attention`` call with batch ``(B * G, nb)``;
+* inside a block the window test only depends on the local (row, column): the boolean mask is
+  ``(bq, span)`` (or ``(nb, bq, span)`` when left padding or sink tokens make blocks differ),
+  built from positions and cached per shape (:func:`_window_mask`, an ``lru_cache``);
+* sink keys ``j < k`` are appended to every block's span, visible only where they are NOT
+  already inside the window (no double counting);
+* ``pos_scores`` (B, H, Lq, R) become the per-block additive bias by gathering at the
+  clamped distance, so their gradient flows through ``gather``;
+* full heads (``None``) and windows that reach every key use one causal SDPA call (``is_causal``
+  when there is no memory prefix, an explicit (Lq, Lk) mask otherwise): O(n^2) as they must be.
+
+Dropout is SDPA's ``dropout_p`` applied inside each block (same distribution as dropping the
+dense probabilities).
+"""
+
+from functools import lru_cache
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .dense import distance_scores, visibility_mask
+
+Windows = Sequence[Optional[int]]
+
+# Query block size per window, tuned on a 2-core CPU (scripts/bench_attention.py): the work per
+# query is bq + w - 1 keys, so small windows want small blocks, but below ~32 queries per block
+# the per-block overhead of SDPA dominates.
+MIN_BLOCK = 32
+MAX_BLOCK = 256
+
+
+def default_block_size(window: int) -> int:
+    """Query block size for a window: ``window`` rounded up to a power of two, clamped to
+    ``[MIN_BLOCK, MAX_BLOCK]``."""
+    bq = 1
+    while bq < window:
+        bq *= 2
+    return max(MIN_BLOCK, min(MAX_BLOCK, bq))
+
+
+def effective_window(window: Optional[int], lk: int) -> Optional[int]:
+    """``None`` when the window reaches every key (w >= Lk is full causal attention)."""
+    return None if window is None or window >= lk else int(window)
+
+
+def group_heads(windows: Windows, lk: int) -> List[Tuple[Optional[int], List[int]]]:
+    """Heads grouped by effective window, in order of first appearance: [(w, [heads])]."""
+    groups: Dict[Optional[int], List[int]] = {}
+    for h, w in enumerate(windows):
+        groups.setdefault(effective_window(w, lk), []).append(h)
+    return list(groups.items())
+
+
+@lru_cache(maxsize=64)
+def _window_mask(lc: int, mem: int, w: int, bq: int, device: torch.device):
+    """Mask and distances of the blocked layout of ``lc`` queries whose first query sits
+    ``mem`` (< w) keys after the first key of the slice (cached per shape).
+
+    Returns ``(mask, dist)``: mask bool (1, 1, bq, span) or (1, nb, bq, span) (True =
+    visible; per block only when left padding makes the first blocks differ) and dist long
+    (bq, span), the distance query - key inside any block.
+    """
+    nb = -(-lc // bq)
+    span = bq + w - 1
+    r = torch.arange(bq, device=device)
+    c = torch.arange(span, device=device)
+    dist = r[:, None] + (w - 1) - c[None, :]  # (bq, span)
+    mask = (dist >= 0) & (dist < w)
+    if mem < w - 1:  # key position of column c in block b: mem - (w - 1) + b*bq + c
+        kpos = (mem - (w - 1) + bq * torch.arange(nb, device=device))[:, None] + c[None, :]
+        return (mask[None] & (kpos >= 0)[:, None, :])[None], dist
+    return mask[None, None], dist
+
+
+def _key_blocks(x: torch.Tensor, p0: int, lc: int, w: int, bq: int) -> torch.Tensor:
+    """Keys (N, Lk, D) -> (N, nb, span, D): block b holds the span = bq + w - 1 keys at
+    positions p0 + b*bq - (w - 1) ... p0 + (b+1)*bq - 1 (zeros outside [0, Lk)).
+
+    With bq >= w - 1 the span is [last w-1 keys of the previous block, the block itself]: two
+    views of one padded copy, concatenated (cheaper to differentiate than ``unfold``)."""
+    n, lk, d = x.shape
+    nb = -(-lc // bq)
+    right = p0 + nb * bq - lk
+    if bq >= w - 1:
+        start = max(0, p0 - bq)
+        ext = F.pad(x[:, start:], (0, 0, bq - (p0 - start), right)).view(n, nb + 1, bq, d)
+        if w == 1:
+            return ext[:, 1:]
+        return torch.cat([ext[:, :-1, bq - (w - 1) :], ext[:, 1:]], dim=2)
+    start = max(0, p0 - (w - 1))
+    ext = F.pad(x[:, start:], (0, 0, (w - 1) - (p0 - start), right))
+    return ext.unfold(1, bq + w - 1, bq).transpose(-1, -2)
+
+
+def _windowed_group(q, k, v, w, sinks, pos_scores, dropout_p, scale, bq):
+    """One group of heads sharing window ``w`` < Lk: q (N, Lq, D), k/v (N, Lk, D),
+    pos_scores (N, Lq, R) or None, N = batch * heads of the group. Returns (N, Lq, D).
+    All blocks go through one SDPA call."""
+    n, lq, d = q.shape
+    p0 = k.shape[1] - lq  # key position of the first query (the memory length)
+    nb = -(-lq // bq)
+    qpad = nb * bq - lq
+    span = bq + w - 1
+    qb = F.pad(q, (0, 0, 0, qpad)).view(n, nb, bq, d)
+    kb = _key_blocks(k, p0, lq, w, bq)
+    vb = _key_blocks(v, p0, lq, w, bq)
+    mask, dist = _window_mask(lq, min(p0, w - 1), w, bq, q.device)
+    # sink keys j < sinks are added where causal and outside the window (else counted twice)
+    use_sinks = sinks > 0 and p0 + lq - 1 >= w
+    if use_sinks:
+        qpos = p0 + torch.arange(nb * bq, device=q.device).view(nb, bq, 1)
+        dist_sink = qpos - torch.arange(sinks, device=q.device)  # (nb, bq, s)
+        mask = torch.cat([mask.expand(1, nb, bq, span), (dist_sink >= w)[None]], dim=-1)
+        kb = torch.cat([kb, k[:, None, :sinks].expand(n, nb, sinks, d)], dim=2)
+        vb = torch.cat([vb, v[:, None, :sinks].expand(n, nb, sinks, d)], dim=2)
+    if pos_scores is None:
+        attn_mask = mask  # 4-D: CPU's fused SDPA kernel takes only 2-D or 4-D masks
+    else:
+        r = pos_scores.shape[-1]
+        psb = F.pad(pos_scores, (0, 0, 0, qpad)).view(n, nb, bq, r)
+        bias = psb.gather(-1, dist.clamp(0, r - 1).expand(n, nb, bq, span))
+        if use_sinks:
+            idx = dist_sink.clamp(0, r - 1).expand(n, nb, bq, sinks)
+            bias = torch.cat([bias, psb.gather(-1, idx)], dim=-1)
+        attn_mask = bias.masked_fill(~mask, float("-inf"))
+    out = F.scaled_dot_product_attention(
+        qb, kb, vb, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale
+    )
+    return out.reshape(n, nb * bq, d)[:, :lq]
+
+
+def _full_group(q, k, v, sinks, pos_scores, dropout_p, scale):
+    """Heads with full causal attention (memory prefix aware). Shapes as ``_windowed_group``."""
+    if q.shape[1] == k.shape[1] and pos_scores is None:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, scale=scale)
+    return _dense_group(q, k, v, None, sinks, pos_scores, dropout_p, scale)
+
+
+def _select(x: torch.Tensor, heads: List[int]) -> torch.Tensor:
+    """x[:, heads] as a view when the heads are consecutive."""
+    if heads == list(range(heads[0], heads[0] + len(heads))):
+        return x[:, heads[0] : heads[0] + len(heads)]
+    return x[:, heads]
+
+
+def blocked_window_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    windows: Windows,
+    sink_tokens: int = 0,
+    pos_scores: Optional[torch.Tensor] = None,
+    dropout_p: float = 0.0,
+    scale: Optional[float] = None,
+    block_size: Optional[int] = None,
+) -> torch.Tensor:
+    """Blocked window attention. q (B, H, Lq, D), k/v (B, H, Lk, D), windows one per head,
+    pos_scores (B, H, Lq, R) or None. Returns (B, H, Lq, D). Inputs are assumed checked
+    (``dense.check_inputs``); ``block_size`` overrides :func:`default_block_size`."""
+    b, h, lq, d = q.shape
+    lk = k.shape[2]
+    scale = d ** -0.5 if scale is None else scale
+    outs, order = [], []
+    for w, heads in group_heads(windows, lk):
+        g = len(heads)
+        qg, kg, vg = (_select(x, heads).reshape(b * g, -1, x.shape[-1]) for x in (q, k, v))
+        pg = None if pos_scores is None else _select(pos_scores, heads).reshape(b * g, lq, -1)
+        bq = block_size or (default_block_size(w) if w is not None else lq)
+        if w is None or bq >= lq:
+            # full heads, or a window whose single block would already span the keys
+            if w is None:
+                og = _full_group(qg, kg, vg, sink_tokens, pg, dropout_p, scale)
+            else:
+                og = _dense_group(qg, kg, vg, w, sink_tokens, pg, dropout_p, scale)
+        else:
+            og = _windowed_group(qg, kg, vg, w, sink_tokens, pg, dropout_p, scale, bq)
+        outs.append(og.view(b, g, lq, -1))
+        order.extend(heads)
+    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+    if order != list(range(h)):
+        inverse = torch.empty(h, dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(h)
+        out = out[:, inverse.to(out.device)]
+    return out
+
+
+def _dense_group(q, k, v, w, sinks, pos_scores, dropout_p, scale):
+    """One masked (Lq, Lk) SDPA call for a group with window ``w`` (None = full): full heads
+    with a memory prefix or distance scores, and windows whose single block spans the keys."""
+    lk = k.shape[1]
+    mask = visibility_mask(q.shape[1], lk, [w], sinks, q.device)
+    if pos_scores is None:
+        attn_mask = mask
+    else:
+        attn_mask = distance_scores(pos_scores[:, None], lk)[:, 0].masked_fill(~mask, float("-inf"))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)

@@ -1,0 +1,79 @@
+"""flash-attn backend: ``flash_attn_func`` with ``window_size`` (CUDA, fp16/bf16).
+
+Semantics are those of :func:`fairseq_mswa.kernels.dense.dense_window_attention` restricted to
+what flash-attn computes: causal attention aligned to the bottom right (query ``i`` at key
+position ``Lk - Lq + i``, flash-attn >= 2.1) and ``window_size=(w - 1, 0)`` (the ``w`` keys
+ending at the query); full heads use ``(-1, -1)``. Heads that share a window go in one call.
+No sink tokens, no ``pos_scores``: ``unsupported_reason`` says so and the dispatcher picks
+another backend. flash-attn is imported lazily (it is optional).
+"""
+
+from typing import Optional, Sequence
+
+import torch
+
+Windows = Sequence[Optional[int]]
+
+
+def _import_flash():
+    """flash_attn_func or None."""
+    try:
+        from flash_attn import flash_attn_func
+    except Exception:  # not installed, or built for another torch/CUDA
+        return None
+    return flash_attn_func
+
+
+def unsupported_reason(q, k, v, windows, sink_tokens, pos_scores, dropout_p) -> Optional[str]:
+    """None when this backend can serve the inputs, else why not."""
+    if q.device.type != "cuda":
+        return f"flash-attn needs CUDA tensors, got device {q.device.type}"
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        return f"flash-attn needs float16/bfloat16, got {q.dtype}"
+    if pos_scores is not None:
+        return "flash-attn cannot add pos_scores (a distance-dependent score term)"
+    if sink_tokens:
+        return "flash-attn has no sink tokens"
+    if q.shape[-1] > 256:
+        return f"flash-attn supports head_dim <= 256, got {q.shape[-1]}"
+    if _import_flash() is None:
+        return "flash-attn is not installed (pip install flash-attn)"
+    return None
+
+
+def flash_window_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    windows: Windows,
+    sink_tokens: int = 0,
+    pos_scores: Optional[torch.Tensor] = None,
+    dropout_p: float = 0.0,
+    scale: Optional[float] = None,
+) -> torch.Tensor:
+    """flash-attn window attention. q (B, H, Lq, D), k/v (B, H, Lk, D). Returns (B, H, Lq, D).
+    Raises ValueError when it cannot serve the inputs."""
+    reason = unsupported_reason(q, k, v, windows, sink_tokens, pos_scores, dropout_p)
+    if reason:
+        raise ValueError(f"flash backend: {reason}; use backend='blocked' or 'flex'")
+    flash_attn_func = _import_flash()
+    lk = k.shape[2]
+    groups = {}
+    for h, w in enumerate(windows):
+        groups.setdefault(None if w is None or w >= lk else int(w), []).append(h)
+    out = torch.empty_like(q)
+    for w, heads in groups.items():
+        idx = torch.tensor(heads, device=q.device)
+        # flash-attn layout is (B, L, H, D)
+        qg, kg, vg = (x.index_select(1, idx).transpose(1, 2) for x in (q, k, v))
+        o = flash_attn_func(
+            qg,
+            kg,
+            vg,
+            dropout_p=dropout_p,
+            softmax_scale=scale,
+            causal=True,
+            window_size=(-1, -1) if w is None else (w - 1, 0),
+        )
+        out = out.index_copy(1, idx, o.transpose(1, 2))
+    return out

@@ -1,0 +1,123 @@
+"""Single entry point for causal multi-scale window attention: ``window_attention``.
+
+Semantics (shared by every backend) are in :mod:`fairseq_mswa.kernels.dense`: q (B, H, Lq, D),
+k/v (B, H, Lk, D) with a memory prefix of Lk - Lq keys, one window per head (None = full),
+sink tokens, optional distance scores ``pos_scores`` (B, H, Lq, R), dropout.
+
+Backends:
+
+* ``dense``   masked reference, O(Lq * Lk) memory: tests and tiny sizes;
+* ``blocked`` pure PyTorch, O(n * w), autograd, any device (:mod:`.blocked`);
+* ``flex``    FlexAttention, one kernel for all heads; no CPU backward, no dropout (:mod:`.flex`);
+* ``flash``   flash-attn ``window_size``; CUDA fp16/bf16, no sinks, no pos_scores (:mod:`.flash`);
+* ``auto``    CUDA: flash if it can serve the inputs, else flex, else blocked;
+  CPU: dense for tiny problems (Lq * Lk <= ``DENSE_MAX_SCORES``), else blocked.
+
+An explicit backend that cannot serve the inputs raises ValueError naming one that can.
+"""
+
+from typing import Callable, Dict, Optional, Sequence
+
+import torch
+
+from . import flash as _flash
+from . import flex as _flex
+from .blocked import blocked_window_attention
+from .dense import check_inputs, dense_window_attention
+
+Windows = Sequence[Optional[int]]
+
+BACKENDS = ("auto", "dense", "blocked", "flex", "flash")
+
+# On CPU, `auto` uses the dense reference below this many (query, key) scores per head: there
+# one masked matmul beats the blocked layout (measured with scripts/bench_attention.py --tiny).
+DENSE_MAX_SCORES = 64 * 64
+
+_FUNCTIONS: Dict[str, Callable] = {
+    "dense": dense_window_attention,
+    "blocked": blocked_window_attention,
+    "flex": _flex.flex_window_attention,
+    "flash": _flash.flash_window_attention,
+}
+
+
+def unsupported_reason(
+    backend: str, q, k, v, windows: Windows, sink_tokens=0, pos_scores=None, dropout_p=0.0
+) -> Optional[str]:
+    """None when ``backend`` can serve these inputs, else a sentence saying why not."""
+    if backend in ("dense", "blocked"):
+        return None
+    if backend == "flex":
+        return _flex.unsupported_reason(q, k, v, windows, sink_tokens, pos_scores, dropout_p)
+    if backend == "flash":
+        return _flash.unsupported_reason(q, k, v, windows, sink_tokens, pos_scores, dropout_p)
+    raise ValueError(f"unknown attention backend {backend!r}: use one of {', '.join(BACKENDS)}")
+
+
+def select_backend(q, k, v, windows: Windows, sink_tokens=0, pos_scores=None, dropout_p=0.0) -> str:
+    """The backend ``auto`` uses for these inputs."""
+    if q.device.type == "cuda":
+        for name in ("flash", "flex"):
+            if unsupported_reason(name, q, k, v, windows, sink_tokens, pos_scores, dropout_p) is None:
+                return name
+        return "blocked"
+    if q.shape[2] * k.shape[2] <= DENSE_MAX_SCORES:
+        return "dense"
+    return "blocked"
+
+
+def available_backends(q, k, v, windows: Windows, sink_tokens=0, pos_scores=None, dropout_p=0.0):
+    """Backends (besides ``auto``) that can serve these inputs."""
+    return [
+        name
+        for name in _FUNCTIONS
+        if unsupported_reason(name, q, k, v, windows, sink_tokens, pos_scores, dropout_p) is None
+    ]
+
+
+def window_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    windows: Windows,
+    *,
+    sink_tokens: int = 0,
+    pos_scores: Optional[torch.Tensor] = None,
+    dropout_p: float = 0.0,
+    scale: Optional[float] = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Causal multi-scale window attention.
+
+    Args:
+        q: (B, H, Lq, D) queries; query i sits at key position Lk - Lq + i.
+        k, v: (B, H, Lk, D), Lk >= Lq (the first Lk - Lq keys are a memory prefix).
+        windows: one entry per head: int >= 1 (the w keys ending at the query) or None (full).
+        sink_tokens: the first ``sink_tokens`` keys are visible to every (later) query.
+        pos_scores: optional (B, H, Lq, R) score added by distance min(i - j, R - 1).
+        dropout_p: attention dropout (pass 0 at evaluation).
+        scale: score scale, default D ** -0.5.
+        backend: one of ``BACKENDS``.
+    Returns:
+        (B, H, Lq, D)
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    windows = list(windows)
+    check_inputs(q, k, v, windows, sink_tokens, pos_scores)
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    if backend == "auto":
+        backend = select_backend(q, k, v, windows, sink_tokens, pos_scores, dropout_p)
+    else:
+        reason = unsupported_reason(backend, q, k, v, windows, sink_tokens, pos_scores, dropout_p)
+        if reason is not None:
+            fallback = select_backend(q, k, v, windows, sink_tokens, pos_scores, dropout_p)
+            raise ValueError(
+                f"attention backend {backend!r} cannot serve these inputs: {reason}. "
+                f"Use backend={fallback!r} (or 'auto')."
+            )
+    return _FUNCTIONS[backend](
+        q, k, v, windows, sink_tokens=sink_tokens, pos_scores=pos_scores,
+        dropout_p=dropout_p, scale=scale,
+    )
