@@ -276,6 +276,20 @@ def test_local_layer_matches_dense_reference_and_is_shift_invariant():
     torch.testing.assert_close(out, layer.out_proj(ref.transpose(1, 2).reshape(b, n, 32)))
 
 
+@pytest.mark.parametrize("backend", ["blocked", "auto"])
+def test_local_layer_backends_match_dense(backend):
+    torch.manual_seed(0)
+    layer = LocalAttention(32, 4, [2, 4, 16, None], sink_tokens=2, backend="dense")
+    x = torch.randn(2, 150, 32, requires_grad=True)
+    ref = layer(x)[0]
+    (g_ref,) = torch.autograd.grad(ref.square().sum(), x)
+    layer.backend = backend
+    out = layer(x)[0]
+    (g,) = torch.autograd.grad(out.square().sum(), x)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-4)
+
+
 def test_local_layer_cache_is_bounded_and_exact():
     torch.manual_seed(0)
     layer = LocalAttention(16, 2, [2, 5], sink_tokens=1, backend="dense").double()

@@ -147,10 +147,23 @@ def test_model_is_causal(arch):
     assert (a[:, 30:] - b[:, 30:]).abs().max() > 1e-4
 
 
+def test_model_is_causal_with_blocked_kernel_on_long_input():
+    m = tiny_model("linear_mswa_la_mswa", decoder_layers=6, attn_backend="blocked", **TINY)
+    tok = torch.randint(4, 40, (1, 300), generator=torch.Generator().manual_seed(3))
+    tok2 = tok.clone()
+    tok2[:, 200:] = 5
+    with torch.no_grad():
+        a, b = m(tok)[0], m(tok2)[0]
+        ref = tiny_model("linear_mswa_la_mswa", decoder_layers=6, attn_backend="dense", **TINY)(tok)[0]
+    torch.testing.assert_close(a[:, :200], b[:, :200], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(a, ref, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("arch,extra", [
     ("linear_mswa_tiny", {}),
     # windows 2..8 and a sink token: the decoding caches get truncated
     ("linear_mswa_la_swa", dict(TINY, base_window=4, decoder_layers=3, sink_tokens=1)),
+    ("linear_mswa_la_mswa", dict(TINY, decoder_layers=6, attn_backend="blocked")),
     ("linear_mswa_transformer", dict(TINY, decoder_layers=2)),
 ])
 def test_incremental_decoding_matches_full_forward(arch, extra):

@@ -12,22 +12,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from ..kernels.window_attention import window_attention
 from .rotary import RotaryEmbedding
-
-try:
-    from ..kernels.window_attention import window_attention
-except ImportError:  # pragma: no cover - the dispatcher is written in parallel; dense is its reference
-    from ..kernels.dense import dense_window_attention
-
-    def window_attention(q, k, v, windows, *, sink_tokens=0, pos_scores=None, dropout_p=0.0,
-                         scale=None, backend="auto"):
-        if backend not in ("auto", "dense"):
-            raise RuntimeError(
-                f"attention backend {backend!r} needs fairseq_mswa/kernels/window_attention.py; "
-                "use --attn-backend dense"
-            )
-        return dense_window_attention(q, k, v, windows, sink_tokens, pos_scores, dropout_p, scale)
-
 
 KVCache = Tuple[torch.Tensor, torch.Tensor]  # rotated keys, values: (B, H, Lc, head_dim)
 
