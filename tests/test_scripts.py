@@ -205,7 +205,8 @@ def _check_smoke(tmp_path, table, datasets, rows=None):
             r = json.loads((res / f"table{table}" / d / f"{rid}.json").read_text())
             assert r["smoke"] is True and r["train"]["updates"] == 2
             assert r["value"] > 0 and r["eval_symbols"] == r["test_split"]["symbols"]
-            assert (tmp_path / "runs" / f"table{table}" / d / rid / "tb").is_dir()
+            tb = tmp_path / "runs" / f"table{table}" / d / rid / "tb"
+            assert list(tb.rglob("events.out.tfevents*")), "TensorBoard logs are on by default"
     md = (res / "tables.md").read_text()
     assert "(smoke)" in md
     # a second run finds every result and skips it
