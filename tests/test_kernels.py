@@ -59,8 +59,10 @@ def _assert_close(a, b, what):
     torch.testing.assert_close(a, b, atol=ATOL, rtol=RTOL, msg=lambda m: f"{what}: {m}")
 
 
+@pytest.mark.parametrize("small_span", [0, 10**9], ids=["fused-sdpa", "matmul"])
 @pytest.mark.parametrize("lq,mem,windows,sinks,r", CASES)
-def test_blocked_equals_dense(lq, mem, windows, sinks, r):
+def test_blocked_equals_dense(lq, mem, windows, sinks, r, small_span, monkeypatch):
+    monkeypatch.setattr(blocked_mod, "SMALL_SPAN", small_span)  # both attention paths
     q, k, v, ps, ts = _inputs(lq, mem, windows, r)
     ref = dense_window_attention(q, k, v, windows, sinks, ps)
     ref_grads = _grads(ref, ts)
@@ -192,24 +194,25 @@ def test_auto_picks_blocked_for_training_on_cpu_and_dense_when_tiny():
     assert select_backend(q, k, v, [4, 8]) == "dense"
 
 
-def test_blocked_memory_is_linear_in_window_not_length():
-    """The windowed path never builds an (Lq, Lk) tensor: record the largest tensor SDPA sees."""
+def test_blocked_memory_is_linear_in_window_not_length(monkeypatch):
+    """The windowed path never builds an (Lq, Lk) tensor: record the largest tensor each
+    attention call (fused SDPA or the small-span matmul path) receives."""
     seen = []
-    real = torch.nn.functional.scaled_dot_product_attention
 
-    def spy(q, k, v, attn_mask=None, **kw):
-        seen.append(max(t.numel() for t in (q, k, v, attn_mask) if t is not None))
-        return real(q, k, v, attn_mask=attn_mask, **kw)
+    def spy(real):
+        def wrapped(q, k, v, attn_mask=None, **kw):
+            seen.append(max(t.numel() for t in (q, k, v, attn_mask) if t is not None))
+            return real(q, k, v, attn_mask=attn_mask, **kw)
 
+        return wrapped
+
+    monkeypatch.setattr(blocked_mod.F, "scaled_dot_product_attention",
+                        spy(blocked_mod.F.scaled_dot_product_attention))
+    monkeypatch.setattr(blocked_mod, "_attend_small", spy(blocked_mod._attend_small))
     lq, windows = 2048, [16, 16, 64, 64]
     q, k, v, ps, _ = _inputs(lq, 0, windows, 32, batch=1, grad=False)
-    orig = blocked_mod.F.scaled_dot_product_attention
-    blocked_mod.F.scaled_dot_product_attention = spy
-    try:
-        blocked_window_attention(q, k, v, windows, 2, ps)
-    finally:
-        blocked_mod.F.scaled_dot_product_attention = orig
-    assert len(seen) == 2  # one SDPA call per window group
+    blocked_window_attention(q, k, v, windows, 2, ps)
+    assert len(seen) == 2  # one attention call per window group
     # per group of 2 heads: at most ~ (block + window + sinks) keys per query, far below Lq * Lk
     assert max(seen) <= 2 * lq * (128 + 64 + 2) * 2
     assert max(seen) < 2 * lq * lq // 4

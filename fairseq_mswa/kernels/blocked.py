@@ -35,11 +35,15 @@ from .dense import distance_scores, visibility_mask
 
 Windows = Sequence[Optional[int]]
 
-# Query block size per window, tuned on a 2-core CPU (scripts/bench_attention.py): the work per
-# query is bq + w - 1 keys, so small windows want small blocks, but below ~32 queries per block
-# the per-block overhead of SDPA dominates.
-MIN_BLOCK = 32
-MAX_BLOCK = 256
+# Query block size per window, tuned on a 2-core CPU (scripts/bench_attention.py, fwd+bwd of
+# 2-head groups at L=4096): the work per query is bq + w - 1 keys, so small windows want small
+# blocks, but below ~16 queries per block the per-block overhead dominates, and above 128 the
+# wasted (masked) work does.
+MIN_BLOCK = 16
+MAX_BLOCK = 128
+# Key spans (block + window - 1 + sinks) up to this use plain matmul/softmax (`_attend_small`),
+# longer ones the fused SDPA kernel: measured faster on each side of it.
+SMALL_SPAN = 64
 
 
 def default_block_size(window: int) -> int:
@@ -136,10 +140,22 @@ def _windowed_group(q, k, v, w, sinks, pos_scores, dropout_p, scale, bq):
             idx = dist_sink.clamp(0, r - 1).expand(n, nb, bq, sinks)
             bias = torch.cat([bias, psb.gather(-1, idx)], dim=-1)
         attn_mask = bias.masked_fill(~mask, float("-inf"))
-    out = F.scaled_dot_product_attention(
-        qb, kb, vb, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale
-    )
+    attend = _attend_small if kb.shape[2] <= SMALL_SPAN else F.scaled_dot_product_attention
+    out = attend(qb, kb, vb, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
     return out.reshape(n, nb * bq, d)[:, :lq]
+
+
+def _attend_small(q, k, v, attn_mask, dropout_p, scale):
+    """Plain matmul-softmax-matmul attention (the same contract as SDPA with a boolean or
+    additive mask): faster than the fused CPU kernel on short key spans."""
+    if attn_mask.dtype == torch.bool:
+        attn_mask = torch.zeros(attn_mask.shape, dtype=q.dtype, device=q.device).masked_fill(
+            ~attn_mask, float("-inf")
+        )
+    probs = torch.softmax(torch.matmul(q * scale, k.transpose(-1, -2)) + attn_mask, dim=-1)
+    if dropout_p > 0:
+        probs = F.dropout(probs, p=dropout_p, training=True)
+    return torch.matmul(probs, v)
 
 
 def _full_group(q, k, v, sinks, pos_scores, dropout_p, scale):
@@ -149,11 +165,15 @@ def _full_group(q, k, v, sinks, pos_scores, dropout_p, scale):
     return _dense_group(q, k, v, None, sinks, pos_scores, dropout_p, scale)
 
 
-def _select(x: torch.Tensor, heads: List[int]) -> torch.Tensor:
-    """x[:, heads] as a view when the heads are consecutive."""
-    if heads == list(range(heads[0], heads[0] + len(heads))):
-        return x[:, heads[0] : heads[0] + len(heads)]
-    return x[:, heads]
+def _split_heads(x: Optional[torch.Tensor], order: List[int], sizes: List[int]):
+    """x (B, H, ...) -> one tensor per head group, heads in ``order``. ``split`` (after one
+    gather when the groups are not consecutive heads) keeps the backward to one concatenation,
+    where per-group slicing would write a full-size zero gradient per group."""
+    if x is None:
+        return [None] * len(sizes)
+    if order != list(range(x.shape[1])):
+        x = x.index_select(1, torch.tensor(order, device=x.device))
+    return x.split(sizes, dim=1)
 
 
 def blocked_window_attention(
@@ -173,27 +193,28 @@ def blocked_window_attention(
     b, h, lq, d = q.shape
     lk = k.shape[2]
     scale = d ** -0.5 if scale is None else scale
-    outs, order = [], []
-    for w, heads in group_heads(windows, lk):
-        g = len(heads)
-        qg, kg, vg = (_select(x, heads).reshape(b * g, -1, x.shape[-1]) for x in (q, k, v))
-        pg = None if pos_scores is None else _select(pos_scores, heads).reshape(b * g, lq, -1)
+    groups = group_heads(windows, lk)
+    order = [i for _, heads in groups for i in heads]
+    sizes = [len(heads) for _, heads in groups]
+    parts = zip(*(_split_heads(x, order, sizes) for x in (q, k, v, pos_scores)))
+    outs = []
+    for (w, heads), (qg, kg, vg, pg) in zip(groups, parts):
+        n = b * len(heads)
+        qg, kg, vg = (x.reshape(n, -1, d) for x in (qg, kg, vg))
+        pg = None if pg is None else pg.reshape(n, lq, -1)
         bq = block_size or (default_block_size(w) if w is not None else lq)
-        if w is None or bq >= lq:
-            # full heads, or a window whose single block would already span the keys
-            if w is None:
-                og = _full_group(qg, kg, vg, sink_tokens, pg, dropout_p, scale)
-            else:
-                og = _dense_group(qg, kg, vg, w, sink_tokens, pg, dropout_p, scale)
+        if w is None:
+            og = _full_group(qg, kg, vg, sink_tokens, pg, dropout_p, scale)
+        elif bq >= lq:  # a single block would already span the keys
+            og = _dense_group(qg, kg, vg, w, sink_tokens, pg, dropout_p, scale)
         else:
             og = _windowed_group(qg, kg, vg, w, sink_tokens, pg, dropout_p, scale, bq)
-        outs.append(og.view(b, g, lq, -1))
-        order.extend(heads)
+        outs.append(og.view(b, len(heads), lq, d))
     out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
     if order != list(range(h)):
         inverse = torch.empty(h, dtype=torch.long)
         inverse[torch.tensor(order)] = torch.arange(h)
-        out = out[:, inverse.to(out.device)]
+        out = out.index_select(1, inverse.to(out.device))
     return out
 
 
