@@ -1,0 +1,1 @@
+"""Layers and building blocks: positions (relative, rotary), attention layers, norms, feed-forwards."""
