@@ -147,6 +147,31 @@ def run(args) -> dict:
     return rows
 
 
+def tiny(reps: int, device: str) -> list:
+    """dense vs blocked fwd+bwd at tiny lengths (8 heads, mswa-h windows 2..16, batch 1):
+    where ``auto`` should switch from dense to blocked on this device."""
+    windows = list(build_schedule(1, HEADS, 8, "mswa-h").layer(0))
+    out = []
+    for length in (16, 32, 64, 96, 128, 192, 256):
+        row = {"length": length, "windows": windows}
+        steps = {}
+        for backend in ("dense", "blocked"):
+            g = torch.Generator().manual_seed(length)
+            shape = (1, HEADS, length, HEAD_DIM)
+            q, k, v = (torch.randn(shape, generator=g).to(device).requires_grad_() for _ in range(3))
+            grad = torch.randn(shape, generator=g).to(device)
+            steps[backend] = (lambda q=q, k=k, v=v, grad=grad, backend=backend:
+                              window_attention(q, k, v, windows, backend=backend).backward(grad))
+            steps[backend]()
+        times = {b: [] for b in steps}
+        for _ in range(reps):
+            for b, step in steps.items():
+                times[b].append(timed(step, device))
+        row.update({f"{b}_best_s": min(ts) for b, ts in times.items()})
+        out.append(row)
+    return out
+
+
 def ratio(rows, a, b, length, batch=1):
     ra, rb = rows.get((a, batch, length)), rows.get((b, batch, length))
     return None if ra is None or rb is None else ra["best_s"] / rb["best_s"]
@@ -193,6 +218,17 @@ def markdown(result) -> str:
         + ", ".join(f"{n}: {fmt(x)}" for n, x in result["mswa_over_swa_by_length"].items()),
         "",
     ]
+    if "tiny_dense_vs_blocked" in result:
+        lines += [
+            "Tiny sizes, one layer fwd+bwd in ms (8 heads, windows "
+            f"{result['tiny_dense_vs_blocked'][0]['windows']}): where `auto` switches to blocked.",
+            "",
+            "| L | dense | blocked |",
+            "|---|---|---|",
+        ]
+        lines += [f"| {r['length']} | {r['dense_best_s'] * 1e3:.2f} | {r['blocked_best_s'] * 1e3:.2f} |"
+                  for r in result["tiny_dense_vs_blocked"]]
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -216,6 +252,8 @@ def main(argv=None):
     p.add_argument("--backend", default=None, help="window backend for swa/mswa (default: auto's pick)")
     p.add_argument("--max-full-tokens", type=int, default=1 << 30,
                    help="skip full attention when batch * length exceeds this")
+    p.add_argument("--tiny", action="store_true",
+                   help="also time dense vs blocked at tiny lengths (auto's dense threshold)")
     p.add_argument("--json", default=None, help="write the results as JSON here")
     p.add_argument("--md", default=None, help="write the markdown table here")
     args = p.parse_args(argv)
@@ -250,6 +288,8 @@ def main(argv=None):
                     "full_over_mswa_4096": ">= 3"},
         "rows": list(rows.values()),
     }
+    if args.tiny:
+        result["tiny_dense_vs_blocked"] = tiny(max(args.reps, 10), args.device)
     md = markdown(result)
     print(md)
     if args.json:

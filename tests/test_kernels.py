@@ -132,7 +132,7 @@ def test_flex_block_mask_cache_is_bounded_lru():
 
 
 def test_flex_backward_on_cpu_is_a_clear_error():
-    q, k, v, _, _ = _inputs(100, 0, [4, 8], None)
+    q, k, v, _, _ = _inputs(200, 0, [4, 8], None)
     with pytest.raises(ValueError, match="no backward on CPU.*backend='blocked'"):
         window_attention(q, k, v, [4, 8], backend="flex")
     assert "flex" not in available_backends(q, k, v, [4, 8])
@@ -145,7 +145,7 @@ def test_flex_dropout_is_a_clear_error():
 
 
 def test_flash_without_gpu_is_a_clear_error():
-    q, k, v, _, _ = _inputs(100, 0, [4, 8], None)
+    q, k, v, _, _ = _inputs(200, 0, [4, 8], None)
     with pytest.raises(ValueError, match="flash.*CUDA.*Use backend='blocked'"):
         window_attention(q, k, v, [4, 8], backend="flash")
 

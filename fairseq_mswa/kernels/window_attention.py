@@ -29,9 +29,10 @@ Windows = Sequence[Optional[int]]
 
 BACKENDS = ("auto", "dense", "blocked", "flex", "flash")
 
-# On CPU, `auto` uses the dense reference below this many (query, key) scores per head: there
-# one masked matmul beats the blocked layout (measured with scripts/bench_attention.py --tiny).
-DENSE_MAX_SCORES = 64 * 64
+# On CPU, `auto` uses the dense reference up to this many (query, key) scores per head: there
+# one masked matmul beats the blocked layout (fwd+bwd, 8 heads, windows 2..16: dense is faster
+# up to L=128 and 2x slower at L=256; scripts/bench_attention.py --tiny measures it).
+DENSE_MAX_SCORES = 128 * 128
 
 _FUNCTIONS: Dict[str, Callable] = {
     "dense": dense_window_attention,
