@@ -6,13 +6,18 @@ prefix, per-head windows, sink tokens, distance scores); read its module docstri
 How it works, for one group of heads that share a window ``w`` (all heads with the same window
 are computed together):
 
-* the ``Lq`` queries are cut into ``nb`` blocks of ``bq`` queries (the last one zero-padded);
+* heads are reordered once (only if the groups are not consecutive) and ``split`` per group, so
+  the backward joins the per-group gradients in one concatenation;
+* the ``Lq`` queries are cut into ``nb`` blocks of ``bq`` queries (the last one zero-padded,
+  ``bq`` from :func:`default_block_size`);
 * block ``b`` (queries at key positions ``[p0, p0 + bq)``) can reach the ``span = bq + w - 1``
-  keys ``[p0 - w + 1, p0 + bq)``; after left/right zero padding of the keys those spans are a
-  strided ``unfold`` view, so every block of the group goes through ONE batched
-  ``scaled_dot_product_attention`` call with batch ``(B * G, nb)``;
+  keys ``[p0 - w + 1, p0 + bq)``: the last ``w - 1`` keys of the previous block and the block
+  itself, two views of one zero-padded copy concatenated (an ``unfold`` view when bq < w - 1),
+  so every block of the group goes through ONE batched attention call with batch ``(B*G, nb)``:
+  the fused ``scaled_dot_product_attention`` kernel, or plain matmul/softmax for spans up to
+  ``SMALL_SPAN`` keys (faster there on CPU);
 * inside a block the window test only depends on the local (row, column): the boolean mask is
-  ``(bq, span)`` (or ``(nb, bq, span)`` when left padding or sink tokens make blocks differ),
+  ``(bq, span)`` (``(nb, bq, span)`` when left padding or sink tokens make blocks differ),
   built from positions and cached per shape (:func:`_window_mask`, an ``lru_cache``);
 * sink keys ``j < k`` are appended to every block's span, visible only where they are NOT
   already inside the window (no double counting);
@@ -21,8 +26,8 @@ are computed together):
 * full heads (``None``) and windows that reach every key use one causal SDPA call (``is_causal``
   when there is no memory prefix, an explicit (Lq, Lk) mask otherwise): O(n^2) as they must be.
 
-Dropout is SDPA's ``dropout_p`` applied inside each block (same distribution as dropping the
-dense probabilities).
+Dropout is applied to each block's probabilities (SDPA's ``dropout_p``, or ``F.dropout`` on the
+matmul path): the same distribution as dropping the dense probabilities.
 """
 
 from functools import lru_cache
