@@ -1,0 +1,288 @@
+"""``transformer_xl_mswa``: Transformer-XL (memory + relative positions) with a window per head.
+
+The backbone of the MSWA paper's Tables 2, 5 and 6 (Appendix B.2.1): 12 layers, 8 heads, model dim
+512, head dim 64, Transformer-XL segment-level memory and relative position encodings, every
+layer's attention windowed by the schedule (``fairseq_mswa.schedule``).
+
+Memory. Layer ``i`` keeps the last ``mem_len_i`` hidden states that entered it (detached, not in
+the state dict). By default ``mem_len_i = max window of layer i - 1``: exactly what the first query
+of a segment needs, so the KV cache *is* the window (the paper's memory argument) and XL caching
+gives exact sliding-window attention over the whole stream, whatever the segment length. A layer
+with a full-attention head keeps ``--mem-len`` states (default: ``--tokens-per-sample``), as in
+Transformer-XL. ``--mem-len`` smaller than what a window needs is an error.
+
+Sink tokens (SWAA "keep first"): the first K hidden states of each stream are kept per layer and
+placed right before the memory, visible to every query; their position term uses their distance
+inside the cache (as StreamingLLM does), not their distance in the text.
+
+Streams and memory are driven by the ``mswa_lm`` task (``net_input["stream"]``); without it (e.g.
+the ``language_modeling`` task) each sample is scored on its own, with no memory.
+"""
+
+import math
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import torch
+from fairseq import options
+from fairseq.models import FairseqDecoder, FairseqLanguageModel, register_model, register_model_architecture
+from fairseq.modules import AdaptiveInput, AdaptiveSoftmax
+from omegaconf import II
+from torch import Tensor, nn
+
+from ..modules.xl_attention import RelMultiheadWindowAttention
+from ..schedule import ScheduleError, WindowSchedule
+from .window_config import WindowAttentionConfig, schedule_from_config
+
+
+@dataclass
+class TransformerXLMSWAConfig(WindowAttentionConfig):
+    dropout: float = field(default=0.1, metadata={"help": "dropout probability"})
+    attention_dropout: float = field(default=0.0, metadata={"help": "dropout on attention weights"})
+    activation_dropout: float = field(default=0.0, metadata={"help": "dropout after the FFN ReLU"})
+    decoder_embed_dim: int = field(default=512, metadata={"help": "model dimension"})
+    decoder_ffn_embed_dim: int = field(default=2048, metadata={"help": "feed-forward dimension"})
+    decoder_layers: int = field(default=12, metadata={"help": "number of layers"})
+    decoder_attention_heads: int = field(default=8, metadata={"help": "heads per layer"})
+    mem_len: int = field(
+        default=-1,
+        metadata={
+            "help": "memory length of every layer; -1 = what each layer's largest window needs "
+            "(max window - 1), and --tokens-per-sample for layers with a full-attention head"
+        },
+    )
+    no_scale_embedding: bool = field(default=False, metadata={"help": "don't scale embeddings by sqrt(dim)"})
+    share_decoder_input_output_embed: bool = field(
+        default=True, metadata={"help": "tie input embedding and output projection"}
+    )
+    adaptive_input: bool = field(default=False, metadata={"help": "use fairseq's AdaptiveInput"})
+    adaptive_input_factor: float = field(default=4, metadata={"help": "adaptive input factor"})
+    adaptive_input_cutoff: Optional[str] = field(
+        default=None, metadata={"help": "comma separated list of adaptive input cutoff points"}
+    )
+    adaptive_softmax_cutoff: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "comma separated list of adaptive softmax cutoff points (use with "
+            "--criterion adaptive_loss and --ddp-backend legacy_ddp)"
+        },
+    )
+    adaptive_softmax_dropout: float = field(
+        default=0, metadata={"help": "dropout of the adaptive softmax tail projections"}
+    )
+    adaptive_softmax_factor: float = field(default=4, metadata={"help": "adaptive softmax factor"})
+    tie_adaptive_weights: bool = field(
+        default=False, metadata={"help": "tie the adaptive input and adaptive softmax weights"}
+    )
+    tie_adaptive_proj: bool = field(
+        default=False, metadata={"help": "tie the adaptive input and softmax projections"}
+    )
+    tokens_per_sample: int = II("task.tokens_per_sample")
+    max_target_positions: Optional[int] = II("task.tokens_per_sample")
+
+
+def memory_lengths(schedule: WindowSchedule, mem_len: int, tokens_per_sample: int) -> List[int]:
+    """Memory length of every layer (see the module docstring); raises when too short."""
+    out = []
+    for i in range(schedule.num_layers):
+        w = schedule.max_window(i)
+        need = (tokens_per_sample if mem_len < 0 else mem_len) if w is None else w - 1
+        if mem_len >= 0:
+            if w is not None and mem_len < need:
+                raise ScheduleError(
+                    f"--mem-len {mem_len} is shorter than layer {i} needs for its window {w} "
+                    f"({need}): use --mem-len >= {need}, or -1 for what each window needs"
+                )
+            need = mem_len
+        out.append(need)
+    return out
+
+
+class XLLayer(nn.Module):
+    """Pre-norm block: x + attn(LN(x), memory) then x + FFN(LN(x))."""
+
+    def __init__(self, cfg, windows, sink_tokens: int):
+        super().__init__()
+        dim = cfg.decoder_embed_dim
+        self.attn_norm = nn.LayerNorm(dim)
+        self.attn = RelMultiheadWindowAttention(
+            dim, cfg.decoder_attention_heads, windows, sink_tokens,
+            cfg.attention_dropout, str(cfg.attn_backend),
+        )
+        self.ffn_norm = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, cfg.decoder_ffn_embed_dim)
+        self.fc2 = nn.Linear(cfg.decoder_ffn_embed_dim, dim)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.activation_dropout = nn.Dropout(cfg.activation_dropout)
+
+    def forward(self, x: Tensor, memory: Tensor, sink_tokens: int) -> Tensor:
+        """x (B, L, E), memory (B, M, E): states that entered this layer before x -> (B, L, E)."""
+        h = self.attn_norm(x)
+        mem = self.attn_norm(memory) if memory.shape[1] else None
+        x = x + self.dropout(self.attn(h, mem, sink_tokens))
+        h = self.fc2(self.activation_dropout(torch.relu(self.fc1(self.ffn_norm(x)))))
+        return x + self.dropout(h)
+
+
+class TransformerXLMSWADecoder(FairseqDecoder):
+    def __init__(self, cfg, dictionary, embed_tokens):
+        super().__init__(dictionary)
+        self.cfg = cfg
+        self.schedule = schedule_from_config(cfg, cfg.decoder_layers, cfg.decoder_attention_heads)
+        self.sink_tokens = self.schedule.sink_tokens
+        self.mem_lens = memory_lengths(self.schedule, cfg.mem_len, cfg.tokens_per_sample)
+        dim = cfg.decoder_embed_dim
+        self.embed_tokens = embed_tokens
+        self.embed_scale = 1.0 if cfg.no_scale_embedding else math.sqrt(dim)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(
+            XLLayer(cfg, self.schedule.layer(i), self.sink_tokens) for i in range(cfg.decoder_layers)
+        )
+        self.final_norm = nn.LayerNorm(dim)
+        self.adaptive_softmax = None
+        if cfg.adaptive_softmax_cutoff is not None:
+            self.adaptive_softmax = AdaptiveSoftmax(
+                len(dictionary), dim,
+                options.eval_str_list(cfg.adaptive_softmax_cutoff, type=int),
+                dropout=cfg.adaptive_softmax_dropout,
+                adaptive_inputs=embed_tokens if cfg.tie_adaptive_weights else None,
+                factor=cfg.adaptive_softmax_factor,
+                tie_proj=cfg.tie_adaptive_proj,
+            )
+            self.output_projection = None
+        else:
+            self.output_projection = nn.Linear(dim, len(dictionary), bias=False)
+            if cfg.share_decoder_input_output_embed and not cfg.adaptive_input:
+                self.output_projection.weight = embed_tokens.weight
+            else:
+                nn.init.normal_(self.output_projection.weight, mean=0, std=dim ** -0.5)
+
+    def forward(self, src_tokens: Tensor, stream=None, features_only: bool = False, **unused):
+        """src_tokens (B, L); ``stream``: the task's ``StreamState`` (memory in and out), or None.
+        Returns (logits (B, L, V) or features with adaptive softmax, extra)."""
+        mems = stream.memory.read(stream.start) if stream is not None else None
+        x, new_mems = self.extract_features(src_tokens, mems)
+        if stream is not None:
+            stream.memory.write(stream.start, src_tokens.shape[1], mems, new_mems)
+        if not features_only and self.adaptive_softmax is None:
+            x = self.output_projection(x)
+        return x, {"attn": [None], "mems": new_mems}
+
+    def extract_features(self, src_tokens: Tensor, mems: Optional[List[Tensor]] = None):
+        """Run the layers; ``mems`` holds per layer the (sinks +) memory states that entered it.
+
+        Returns features (B, L, E) and the new memories (detached)."""
+        x = self.dropout(self.embed_scale * self.embed_tokens(src_tokens))
+        b, length, _ = x.shape
+        k = self.sink_tokens
+        if mems is not None and (len(mems) != 2 * len(self.layers) + 1):
+            mems = None  # a memory from another model shape (e.g. after --model-overrides)
+        seen = int(mems[-1].item()) if mems is not None else 0  # tokens of the stream before x
+        new_mems = []
+        for i, layer in enumerate(self.layers):
+            empty = x.new_zeros(b, 0, x.shape[-1])
+            sinks = mems[2 * i] if mems is not None else empty  # stream positions [0, min(k, seen))
+            memory = mems[2 * i + 1] if mems is not None else empty  # positions [seen - M, seen)
+            # keys: sink positions not already in memory, then memory, then the segment
+            prefix = sinks[:, : max(0, min(k, seen - memory.shape[1]))]
+            n_sink = min(k, seen + length)  # keys at stream positions < k
+            x_next = layer(x, torch.cat([prefix, memory], dim=1), n_sink)
+            if seen < k:
+                sinks = torch.cat([sinks, x[:, : k - seen]], dim=1).detach()
+            mem_len = self.mem_lens[i]
+            states = torch.cat([memory, x], dim=1).detach()
+            new_mems += [sinks, states[:, max(0, states.shape[1] - mem_len):]]
+            x = x_next
+        new_mems.append(torch.tensor(seen + length))
+        return self.final_norm(x), new_mems
+
+    def output_layer(self, features: Tensor) -> Tensor:
+        return features if self.adaptive_softmax is not None else self.output_projection(features)
+
+    def max_positions(self):
+        return int(1e9)  # memory makes the context unbounded
+
+
+@register_model("transformer_xl_mswa", dataclass=TransformerXLMSWAConfig)
+class TransformerXLMSWALanguageModel(FairseqLanguageModel):
+    """Transformer-XL language model with multi-scale window attention."""
+
+    @classmethod
+    def build_model(cls, cfg, task):
+        dictionary = task.source_dictionary
+        dim = cfg.decoder_embed_dim
+        if cfg.adaptive_input:
+            embed_tokens = AdaptiveInput(
+                len(dictionary), dictionary.pad(), dim, cfg.adaptive_input_factor, dim,
+                options.eval_str_list(cfg.adaptive_input_cutoff, type=int),
+            )
+        else:
+            embed_tokens = nn.Embedding(len(dictionary), dim, padding_idx=dictionary.pad())
+            nn.init.normal_(embed_tokens.weight, mean=0, std=dim ** -0.5)
+            nn.init.constant_(embed_tokens.weight[dictionary.pad()], 0)
+        if cfg.tie_adaptive_weights:
+            if not (cfg.adaptive_input and cfg.adaptive_softmax_cutoff):
+                raise ValueError("--tie-adaptive-weights needs --adaptive-input and --adaptive-softmax-cutoff")
+            if (cfg.adaptive_input_factor != cfg.adaptive_softmax_factor
+                    or cfg.adaptive_input_cutoff != cfg.adaptive_softmax_cutoff):
+                raise ValueError("--tie-adaptive-weights needs equal adaptive input/softmax factors and cutoffs")
+        return cls(TransformerXLMSWADecoder(cfg, task.target_dictionary, embed_tokens))
+
+    def forward(self, src_tokens, src_lengths=None, stream=None, **kwargs):
+        return self.decoder(src_tokens, stream=stream, **kwargs)
+
+    @property
+    def schedule(self) -> WindowSchedule:
+        return self.decoder.schedule
+
+
+# --- presets (fairseq-train --arch); command-line flags still win -----------------------------
+
+def _set(args, name, value):
+    setattr(args, name, getattr(args, name, value))
+
+
+def transformer_xl_mswa(args):
+    """Paper base (Appendix B.2.1): 12 x 512, 8 heads of 64, FFN 2048, MSWA base window 128.
+    ``--arch transformer_xl_mswa`` itself is registered by ``register_model`` from the dataclass
+    defaults, which are these values; the other presets start from this function."""
+    _set(args, "decoder_embed_dim", 512)
+    _set(args, "decoder_ffn_embed_dim", 2048)
+    _set(args, "decoder_layers", 12)
+    _set(args, "decoder_attention_heads", 8)
+    _set(args, "attn_pattern", "mswa")
+    _set(args, "base_window", 128)
+    _set(args, "dropout", 0.1)
+
+
+@register_model_architecture("transformer_xl_mswa", "transformer_xl_mswa_wt103")
+def transformer_xl_mswa_wt103(args):
+    """Wikitext-103: adaptive input / softmax (cutoffs 20000,60000, factor 4), tied, as fairseq's
+    transformer_lm_wiki103. Train with --criterion adaptive_loss --ddp-backend legacy_ddp."""
+    _set(args, "adaptive_input", True)
+    _set(args, "adaptive_input_cutoff", "20000,60000")
+    _set(args, "adaptive_softmax_cutoff", "20000,60000")
+    _set(args, "adaptive_softmax_dropout", 0.2)
+    _set(args, "tie_adaptive_weights", True)
+    _set(args, "tie_adaptive_proj", True)
+    _set(args, "dropout", 0.2)
+    transformer_xl_mswa(args)
+
+
+@register_model_architecture("transformer_xl_mswa", "transformer_xl_mswa_enwik8")
+def transformer_xl_mswa_enwik8(args):
+    """enwik8 (bytes): plain tied softmax, the paper's shape."""
+    _set(args, "dropout", 0.1)
+    transformer_xl_mswa(args)
+
+
+@register_model_architecture("transformer_xl_mswa", "transformer_xl_mswa_tiny")
+def transformer_xl_mswa_tiny(args):
+    """Tests: 4 layers x 32, 4 heads, MSWA base 16 (windows 1 .. 64)."""
+    _set(args, "decoder_embed_dim", 32)
+    _set(args, "decoder_ffn_embed_dim", 64)
+    _set(args, "decoder_layers", 4)
+    _set(args, "decoder_attention_heads", 4)
+    _set(args, "attn_pattern", "mswa")
+    _set(args, "base_window", 16)
+    _set(args, "dropout", 0.0)

@@ -1,0 +1,313 @@
+"""``mswa_lm``: language modelling over contiguous streams, with memory carried across batches.
+
+Layout. The token stream of a split (every line of the binarized data, each ending with ``</s>``) is
+cut into ``R = batch_size x world_size`` contiguous *rows* of (almost) equal length; rank ``r`` owns
+rows ``r * batch_size .. (r + 1) * batch_size - 1``, so 2 ranks with batch ``B`` see exactly the rows
+of 1 rank with batch ``2B``. Batch ``s`` holds columns ``[s T, (s + 1) T)`` of the rank's rows
+(``T = --tokens-per-sample``), the last one possibly shorter; rows one token shorter than the longest
+are padded and their padding is never scored. The input of the very first token of a row is the
+token before it in the stream (``</s>`` at the start of the split), so **every token of the split is
+scored exactly once**, the first one included, and ``ntokens`` counts exactly the scored targets.
+
+Memory. Every batch carries a ``StreamState`` in ``net_input["stream"]``: the split's
+``StreamMemory`` (owned by the dataset, so each split has its own) and the batch's start column.
+A model with memory (``transformer_xl_mswa``) reads the memory left by the batch that ended at this
+start column and writes its own; a batch at column 0 starts from an empty memory, so memory resets
+at the start of every epoch and of every validation / test pass. Re-running the same batch (OOM
+retry) reads the same memory again. The trainer's dummy batch (``ignore_grad``) runs without
+memory and leaves it untouched.
+
+Resuming from a checkpoint: fairseq restores the position in the epoch; memories are not
+checkpointed, so the first batch after a resume starts from an empty memory (logged once).
+"""
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+from fairseq import utils
+from fairseq.data import Dictionary, data_utils, iterators
+from fairseq.dataclass import FairseqDataclass
+from fairseq.tasks import FairseqTask, register_task
+from omegaconf import II
+
+logger = logging.getLogger(__name__)
+
+
+class StreamMemory:
+    """Per-layer memories of one split's streams, with the column they continue.
+
+    ``read(start)`` returns the memory to use for the batch starting at column ``start``; ``write``
+    stores the memory after that batch. Keeping the memory *before* the last batch makes a repeated
+    batch (OOM retry) read the same input twice instead of its own output.
+    """
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.next_start: Optional[int] = None
+        self.mems: Optional[List[torch.Tensor]] = None
+        self.last_start: Optional[int] = None
+        self.last_input_mems: Optional[List[torch.Tensor]] = None
+        self._warned = False
+
+    def read(self, start: int) -> Optional[List[torch.Tensor]]:
+        if start == 0:
+            return None
+        if start == self.next_start:
+            return self.mems
+        if start == self.last_start:
+            return self.last_input_mems
+        if not self._warned:
+            logger.warning(
+                "stream memory for column %d is missing (resumed from a checkpoint mid-epoch?): "
+                "continuing from an empty memory", start,
+            )
+            self._warned = True
+        return None
+
+    def write(self, start: int, length: int, input_mems, mems: List[torch.Tensor]) -> None:
+        self.last_start, self.last_input_mems = start, input_mems
+        self.next_start, self.mems = start + length, mems
+
+
+class StreamState:
+    """What a model needs to continue a stream: the split's memory and this batch's start column.
+    Not a tensor: fairseq's ``move_to_cuda`` leaves it as it is."""
+
+    __slots__ = ("memory", "start")
+
+    def __init__(self, memory: StreamMemory, start: int):
+        self.memory, self.start = memory, start
+
+    def __repr__(self):
+        return f"StreamState(start={self.start})"
+
+
+class StreamDataset(torch.utils.data.Dataset):
+    """Item ``s`` is batch ``s`` of this rank: (source, target) of shape (rows, <= T)."""
+
+    def __init__(self, tokens: np.ndarray, tokens_per_sample: int, rows_per_shard: int,
+                 num_shards: int, shard_id: int, pad: int, eos: int):
+        if tokens_per_sample < 1 or rows_per_shard < 1:
+            raise ValueError("tokens_per_sample and batch_size must be >= 1")
+        n = len(tokens)
+        total_rows = rows_per_shard * num_shards
+        if n < total_rows:
+            raise ValueError(
+                f"the split has {n} tokens, fewer than the {total_rows} streams "
+                f"(batch size {rows_per_shard} x {num_shards} ranks): use a smaller --batch-size"
+            )
+        tokens = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
+        prev = torch.cat([torch.tensor([eos]), tokens[:-1]])
+        bounds = np.linspace(0, n, total_rows + 1).round().astype(np.int64)
+        self.row_len = int(np.max(np.diff(bounds)))  # same on every rank
+        rows = range(shard_id * rows_per_shard, (shard_id + 1) * rows_per_shard)
+        src = torch.full((rows_per_shard, self.row_len), pad, dtype=torch.long)
+        tgt = torch.full((rows_per_shard, self.row_len), pad, dtype=torch.long)
+        for i, r in enumerate(rows):
+            a, b = int(bounds[r]), int(bounds[r + 1])
+            src[i, : b - a] = prev[a:b]
+            tgt[i, : b - a] = tokens[a:b]
+        self.src, self.tgt = src, tgt
+        self.tokens_per_sample = tokens_per_sample
+        self.pad = pad
+        self.num_tokens = n
+        self.memory = StreamMemory()
+
+    def __len__(self):
+        return (self.row_len + self.tokens_per_sample - 1) // self.tokens_per_sample
+
+    def __getitem__(self, s: int):
+        a = s * self.tokens_per_sample
+        b = min(a + self.tokens_per_sample, self.row_len)
+        return s, a, self.src[:, a:b], self.tgt[:, a:b]
+
+    def collater(self, items) -> Dict[str, Any]:
+        assert len(items) == 1, "every item of a StreamDataset is a whole batch"
+        s, start, src, tgt = items[0]
+        ntokens = int(tgt.ne(self.pad).sum())
+        return {
+            "id": torch.arange(src.shape[0]),
+            "nsentences": src.shape[0],
+            "ntokens": ntokens,
+            "net_input": {
+                "src_tokens": src.contiguous(),
+                "src_lengths": src.ne(self.pad).sum(1),
+                "stream": StreamState(self.memory, start),
+            },
+            "target": tgt.contiguous(),
+        }
+
+    # fairseq's FairseqDataset API used by the trainer / eval-lm
+    def num_tokens_vec(self, indices):
+        return None
+
+    def set_epoch(self, epoch):
+        self.memory.reset()
+
+
+@dataclass
+class MSWALanguageModelingConfig(FairseqDataclass):
+    data: Optional[str] = field(
+        default=None, metadata={"help": "path to data directory (fairseq-preprocess --only-source)"}
+    )
+    tokens_per_sample: int = field(
+        default=512, metadata={"help": "segment length: tokens per stream row in one batch"}
+    )
+    batch_size: Optional[int] = II("dataset.batch_size")
+    batch_size_valid: Optional[int] = II("dataset.batch_size_valid")
+    seed: int = II("common.seed")
+    data_parallel_rank: Optional[int] = II("distributed_training.distributed_rank")
+    data_parallel_size: Optional[int] = II("distributed_training.distributed_world_size")
+    dataset_impl: Optional[str] = II("dataset.dataset_impl")
+
+
+@register_task("mswa_lm", dataclass=MSWALanguageModelingConfig)
+class MSWALanguageModelingTask(FairseqTask):
+    """Stream language modelling for models with segment-level memory (Transformer-XL style)."""
+
+    def __init__(self, cfg: MSWALanguageModelingConfig, dictionary: Dictionary):
+        super().__init__(cfg)
+        self.dictionary = dictionary
+
+    @classmethod
+    def setup_task(cls, cfg: MSWALanguageModelingConfig, **kwargs):
+        if not cfg.data:
+            raise ValueError("mswa_lm needs a data directory (the output of fairseq-preprocess)")
+        paths = utils.split_paths(cfg.data)
+        dict_path = os.path.join(paths[0], "dict.txt")
+        if not os.path.exists(dict_path):
+            raise FileNotFoundError(
+                f"{dict_path} not found: binarize the corpus with fairseq-preprocess --only-source "
+                "(see data_prep/) and pass its output directory"
+            )
+        dictionary = Dictionary.load(dict_path)
+        logger.info("dictionary: %d types", len(dictionary))
+        return cls(cfg, dictionary)
+
+    def _batch_size(self, split: str) -> int:
+        bsz = self.cfg.batch_size
+        if split != "train" and self.cfg.batch_size_valid is not None:
+            bsz = self.cfg.batch_size_valid
+        if bsz is None:
+            raise ValueError(
+                "mswa_lm needs --batch-size (the number of parallel streams per rank); "
+                "--max-tokens alone is not enough"
+            )
+        return int(bsz)
+
+    def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs):
+        paths = utils.split_paths(self.cfg.data)
+        data_path = paths[(epoch - 1) % len(paths)]
+        split_path = os.path.join(data_path, split)
+        data = data_utils.load_indexed_dataset(split_path, self.dictionary, self.cfg.dataset_impl)
+        if data is None:
+            raise FileNotFoundError(
+                f"dataset not found: {split_path}.bin/.idx; run fairseq-preprocess for this split"
+            )
+        tokens = _concatenate(data)
+        self.datasets[split] = self._stream_dataset(tokens, split)
+        logger.info("%s: %d tokens in %d streams per rank, %d batches of <= %d tokens", split,
+                    len(tokens), self._batch_size(split), len(self.datasets[split]),
+                    self.cfg.tokens_per_sample)
+
+    def _stream_dataset(self, tokens, split, num_shards=None, shard_id=None):
+        return StreamDataset(
+            tokens,
+            tokens_per_sample=self.cfg.tokens_per_sample,
+            rows_per_shard=self._batch_size(split),
+            num_shards=num_shards if num_shards is not None else max(1, self.cfg.data_parallel_size or 1),
+            shard_id=shard_id if shard_id is not None else max(0, self.cfg.data_parallel_rank or 0),
+            pad=self.dictionary.pad(),
+            eos=self.dictionary.eos(),
+        )
+
+    def get_batch_iterator(self, dataset, num_workers=0, epoch=1, data_buffer_size=0,
+                           skip_remainder_batch=False, **kwargs):
+        """Batches in stream order on every rank (no shuffling, no sharding of batches: each rank
+        already holds its own rows)."""
+        dataset.memory.reset()
+        return iterators.EpochBatchIterator(
+            dataset=dataset,
+            collate_fn=dataset.collater,
+            batch_sampler=[[i] for i in range(len(dataset))],
+            num_workers=num_workers,
+            epoch=epoch,
+            buffer_size=data_buffer_size,
+            disable_shuffling=True,
+            skip_remainder_batch=skip_remainder_batch,
+        )
+
+    def eval_lm_dataloader(self, dataset, max_tokens=None, batch_size=None, max_positions=None,
+                           num_shards=1, shard_id=0, num_workers=1, data_buffer_size=10,
+                           context_window=0):
+        """fairseq-eval-lm's loader: the split as streams, memory reset at its start."""
+        if context_window > 0:
+            raise ValueError(
+                "mswa_lm scores with the model's memory; --context-window does not apply (drop it)"
+            )
+        if num_shards > 1:  # a distributed eval: rebuild this rank's rows
+            dataset = self._stream_dataset(
+                _reconstruct(dataset), "valid", num_shards=num_shards, shard_id=shard_id
+            )
+        return self.get_batch_iterator(dataset, num_workers=num_workers,
+                                       data_buffer_size=data_buffer_size).next_epoch_itr(shuffle=False)
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        if ignore_grad:  # the trainer's dummy batch: never touch the streams' memory
+            sample = _without_stream(sample)
+        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+
+    def begin_epoch(self, epoch, model):
+        for ds in self.datasets.values():
+            if isinstance(ds, StreamDataset):
+                ds.memory.reset()
+
+    def begin_valid_epoch(self, epoch, model):
+        for name, ds in self.datasets.items():
+            if name != "train" and isinstance(ds, StreamDataset):
+                ds.memory.reset()
+
+    def build_dataset_for_inference(self, src_tokens, src_lengths, **kwargs):
+        raise NotImplementedError(
+            "mswa_lm is for training and fairseq-eval-lm; for interactive generation use a "
+            "language_modeling task with the same dictionary"
+        )
+
+    @property
+    def source_dictionary(self):
+        return self.dictionary
+
+    @property
+    def target_dictionary(self):
+        return self.dictionary
+
+    def max_positions(self):
+        return None
+
+
+def _without_stream(sample):
+    if not sample or "net_input" not in sample:
+        return sample
+    net_input = {k: v for k, v in sample["net_input"].items() if k != "stream"}
+    return {**sample, "net_input": net_input}
+
+
+def _concatenate(data) -> np.ndarray:
+    """All tokens of an indexed dataset as one int64 array, in order."""
+    index = getattr(data, "_index", None)
+    buffer = getattr(data, "_bin_buffer", None)
+    if index is not None and buffer is not None:  # mmap dataset: already contiguous on disk
+        return np.frombuffer(buffer, dtype=index.dtype, count=int(np.sum(index.sizes))).astype(np.int64)
+    return np.concatenate([data[i].numpy() for i in range(len(data))]).astype(np.int64)
+
+
+def _reconstruct(dataset: StreamDataset) -> np.ndarray:
+    """The split's token stream back from a single-shard StreamDataset."""
+    rows = [t[t.ne(dataset.pad)] for t in dataset.tgt]
+    return torch.cat(rows).numpy()
