@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from ..modules.xl_attention import RelMultiheadWindowAttention
 from ..schedule import ScheduleError, WindowSchedule
+from ..stream import StreamMemory
 from .window_config import WindowAttentionConfig, schedule_from_config
 
 
@@ -131,6 +132,8 @@ class TransformerXLMSWADecoder(FairseqDecoder):
         self.schedule = schedule_from_config(cfg, cfg.decoder_layers, cfg.decoder_attention_heads)
         self.sink_tokens = self.schedule.sink_tokens
         self.mem_lens = memory_lengths(self.schedule, cfg.mem_len, cfg.tokens_per_sample)
+        # per stream set (split): memories between batches; detached, not in the state dict
+        self.stream_memories = {}
         dim = cfg.decoder_embed_dim
         self.embed_tokens = embed_tokens
         self.embed_scale = 1.0 if cfg.no_scale_embedding else math.sqrt(dim)
@@ -160,10 +163,13 @@ class TransformerXLMSWADecoder(FairseqDecoder):
     def forward(self, src_tokens: Tensor, stream=None, features_only: bool = False, **unused):
         """src_tokens (B, L); ``stream``: the task's ``StreamState`` (memory in and out), or None.
         Returns (logits (B, L, V) or features with adaptive softmax, extra)."""
-        mems = stream.memory.read(stream.start) if stream is not None else None
-        x, new_mems = self.extract_features(src_tokens, mems)
+        memory = None
         if stream is not None:
-            stream.memory.write(stream.start, src_tokens.shape[1], mems, new_mems)
+            memory = self.stream_memories.setdefault(stream.key, StreamMemory())
+        mems = memory.read(stream.start) if memory is not None else None
+        x, new_mems = self.extract_features(src_tokens, mems)
+        if memory is not None:
+            memory.write(stream.start, src_tokens.shape[1], mems, new_mems)
         if not features_only and self.adaptive_softmax is None:
             x = self.output_projection(x)
         return x, {"attn": [None], "mems": new_mems}

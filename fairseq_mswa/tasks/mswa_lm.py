@@ -9,13 +9,14 @@ are padded and their padding is never scored. The input of the very first token 
 token before it in the stream (``</s>`` at the start of the split), so **every token of the split is
 scored exactly once**, the first one included, and ``ntokens`` counts exactly the scored targets.
 
-Memory. Every batch carries a ``StreamState`` in ``net_input["stream"]``: the split's
-``StreamMemory`` (owned by the dataset, so each split has its own) and the batch's start column.
-A model with memory (``transformer_xl_mswa``) reads the memory left by the batch that ended at this
-start column and writes its own; a batch at column 0 starts from an empty memory, so memory resets
-at the start of every epoch and of every validation / test pass. Re-running the same batch (OOM
-retry) reads the same memory again. The trainer's dummy batch (``ignore_grad``) runs without
-memory and leaves it untouched.
+Memory. Every batch carries a ``StreamState`` in ``net_input["stream"]``: the split's name and the
+batch's start column (plain values: batches may be collated in worker processes). A model with
+memory (``transformer_xl_mswa``) keeps one ``StreamMemory`` per split, reads the memory left by the
+batch that ended at this start column and writes its own; a batch at column 0 starts from an empty
+memory, so memory resets at the start of every epoch and of every validation / test pass, and
+validation never disturbs the training streams. Re-running the same batch (OOM retry) reads the
+same memory again. The trainer's dummy batch (``ignore_grad``) runs without memory and leaves it
+untouched.
 
 Resuming from a checkpoint: fairseq restores the position in the epoch; memories are not
 checkpointed, so the first batch after a resume starts from an empty memory (logged once).
@@ -29,66 +30,18 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 from fairseq import utils
-from fairseq.data import Dictionary, data_utils, iterators
+
+from fairseq.data import Dictionary, FairseqDataset, data_utils, iterators
 from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
 
+from ..stream import StreamState
+
 logger = logging.getLogger(__name__)
 
 
-class StreamMemory:
-    """Per-layer memories of one split's streams, with the column they continue.
-
-    ``read(start)`` returns the memory to use for the batch starting at column ``start``; ``write``
-    stores the memory after that batch. Keeping the memory *before* the last batch makes a repeated
-    batch (OOM retry) read the same input twice instead of its own output.
-    """
-
-    def __init__(self):
-        self.reset()
-
-    def reset(self):
-        self.next_start: Optional[int] = None
-        self.mems: Optional[List[torch.Tensor]] = None
-        self.last_start: Optional[int] = None
-        self.last_input_mems: Optional[List[torch.Tensor]] = None
-        self._warned = False
-
-    def read(self, start: int) -> Optional[List[torch.Tensor]]:
-        if start == 0:
-            return None
-        if start == self.next_start:
-            return self.mems
-        if start == self.last_start:
-            return self.last_input_mems
-        if not self._warned:
-            logger.warning(
-                "stream memory for column %d is missing (resumed from a checkpoint mid-epoch?): "
-                "continuing from an empty memory", start,
-            )
-            self._warned = True
-        return None
-
-    def write(self, start: int, length: int, input_mems, mems: List[torch.Tensor]) -> None:
-        self.last_start, self.last_input_mems = start, input_mems
-        self.next_start, self.mems = start + length, mems
-
-
-class StreamState:
-    """What a model needs to continue a stream: the split's memory and this batch's start column.
-    Not a tensor: fairseq's ``move_to_cuda`` leaves it as it is."""
-
-    __slots__ = ("memory", "start")
-
-    def __init__(self, memory: StreamMemory, start: int):
-        self.memory, self.start = memory, start
-
-    def __repr__(self):
-        return f"StreamState(start={self.start})"
-
-
-class StreamDataset(torch.utils.data.Dataset):
+class StreamDataset(FairseqDataset):
     """Item ``s`` is batch ``s`` of this rank: (source, target) of shape (rows, <= T)."""
 
     def __init__(self, tokens: np.ndarray, tokens_per_sample: int, rows_per_shard: int,
@@ -116,8 +69,8 @@ class StreamDataset(torch.utils.data.Dataset):
         self.src, self.tgt = src, tgt
         self.tokens_per_sample = tokens_per_sample
         self.pad = pad
-        self.num_tokens = n
-        self.memory = StreamMemory()
+        self.num_stream_tokens = n
+        self.stream_key = "stream"  # the task names it after the split
 
     def __len__(self):
         return (self.row_len + self.tokens_per_sample - 1) // self.tokens_per_sample
@@ -138,17 +91,24 @@ class StreamDataset(torch.utils.data.Dataset):
             "net_input": {
                 "src_tokens": src.contiguous(),
                 "src_lengths": src.ne(self.pad).sum(1),
-                "stream": StreamState(self.memory, start),
+                "stream": StreamState(self.stream_key, start),
             },
             "target": tgt.contiguous(),
         }
 
-    # fairseq's FairseqDataset API used by the trainer / eval-lm
-    def num_tokens_vec(self, indices):
-        return None
+    # the rest of fairseq's FairseqDataset API (batches are fixed: item s is batch s)
+    def num_tokens(self, index):
+        return self.src.shape[0] * self.tokens_per_sample
 
-    def set_epoch(self, epoch):
-        self.memory.reset()
+    def size(self, index):
+        return self.tokens_per_sample
+
+    def ordered_indices(self):
+        return np.arange(len(self))
+
+    @property
+    def supports_prefetch(self):
+        return False
 
 
 @dataclass
@@ -212,6 +172,7 @@ class MSWALanguageModelingTask(FairseqTask):
             )
         tokens = _concatenate(data)
         self.datasets[split] = self._stream_dataset(tokens, split)
+        self.datasets[split].stream_key = split
         logger.info("%s: %d tokens in %d streams per rank, %d batches of <= %d tokens", split,
                     len(tokens), self._batch_size(split), len(self.datasets[split]),
                     self.cfg.tokens_per_sample)
@@ -231,7 +192,6 @@ class MSWALanguageModelingTask(FairseqTask):
                            skip_remainder_batch=False, **kwargs):
         """Batches in stream order on every rank (no shuffling, no sharding of batches: each rank
         already holds its own rows)."""
-        dataset.memory.reset()
         return iterators.EpochBatchIterator(
             dataset=dataset,
             collate_fn=dataset.collater,
@@ -252,9 +212,11 @@ class MSWALanguageModelingTask(FairseqTask):
                 "mswa_lm scores with the model's memory; --context-window does not apply (drop it)"
             )
         if num_shards > 1:  # a distributed eval: rebuild this rank's rows
+            key = dataset.stream_key
             dataset = self._stream_dataset(
                 _reconstruct(dataset), "valid", num_shards=num_shards, shard_id=shard_id
             )
+            dataset.stream_key = key
         return self.get_batch_iterator(dataset, num_workers=num_workers,
                                        data_buffer_size=data_buffer_size).next_epoch_itr(shuffle=False)
 
@@ -262,16 +224,6 @@ class MSWALanguageModelingTask(FairseqTask):
         if ignore_grad:  # the trainer's dummy batch: never touch the streams' memory
             sample = _without_stream(sample)
         return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
-
-    def begin_epoch(self, epoch, model):
-        for ds in self.datasets.values():
-            if isinstance(ds, StreamDataset):
-                ds.memory.reset()
-
-    def begin_valid_epoch(self, epoch, model):
-        for name, ds in self.datasets.items():
-            if name != "train" and isinstance(ds, StreamDataset):
-                ds.memory.reset()
 
     def build_dataset_for_inference(self, src_tokens, src_lengths, **kwargs):
         raise NotImplementedError(
