@@ -90,7 +90,9 @@ def dense_window_attention(
         scores = scores + distance_scores(pos_scores, lk)
     mask = visibility_mask(lq, lk, windows, sink_tokens, q.device)
     scores = scores.masked_fill(~mask, float("-inf"))
-    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    # half precision: softmax in float32; float32 / float64 keep their own precision
+    acc = torch.float32 if scores.dtype in (torch.float16, torch.bfloat16) else scores.dtype
+    probs = torch.softmax(scores.to(acc), dim=-1).to(q.dtype)
     if dropout_p > 0:
         probs = F.dropout(probs, p=dropout_p, training=True)
     return torch.matmul(probs, v)

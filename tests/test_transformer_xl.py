@@ -1,0 +1,169 @@
+"""transformer_xl_mswa: the invariants of issue 3 on tiny fp32 models (no CLI here)."""
+
+import argparse
+import math
+
+import pytest
+import torch
+from fairseq.data import Dictionary
+from omegaconf import OmegaConf
+
+from fairseq_mswa.models.transformer_xl_mswa import (
+    TransformerXLMSWAConfig,
+    TransformerXLMSWALanguageModel,
+    memory_lengths,
+    transformer_xl_mswa_tiny,
+)
+from fairseq_mswa.modules.relative_positions import sinusoid_table
+from fairseq_mswa.modules.xl_attention import RelMultiheadWindowAttention
+from fairseq_mswa.schedule import ScheduleError, build_schedule
+from fairseq_mswa.stream import StreamState
+
+VOCAB = 23
+
+
+class _Task:
+    def __init__(self):
+        d = Dictionary()
+        for i in range(VOCAB):
+            d.add_symbol(f"w{i}")
+        self.source_dictionary = self.target_dictionary = d
+
+
+def build(seed=0, **overrides):
+    cfg = OmegaConf.structured(TransformerXLMSWAConfig(tokens_per_sample=32, max_target_positions=32))
+    preset = argparse.Namespace()
+    transformer_xl_mswa_tiny(preset)
+    for k, v in {**vars(preset), **overrides}.items():
+        cfg[k] = v
+    torch.manual_seed(seed)
+    model = TransformerXLMSWALanguageModel.build_model(cfg, _Task()).eval()
+    with torch.no_grad():  # break the symmetry of zero-initialised biases
+        for name, p in model.named_parameters():
+            if name.endswith(("u_bias", "v_bias")):
+                p.normal_(0, 0.5)
+    return model
+
+
+def stream_logprobs(model, tokens, seg, key="test"):
+    """Run the stream in segments of ``seg`` tokens with memory, as mswa_lm does."""
+    model.decoder.stream_memories.pop(key, None)
+    out = []
+    for s in range(0, tokens.shape[1], seg):
+        logits, _ = model(tokens[:, s:s + seg], stream=StreamState(key, s))
+        out.append(torch.log_softmax(logits.float(), -1))
+    return torch.cat(out, 1)
+
+
+@pytest.mark.parametrize("backend", ["dense", "blocked"])
+@pytest.mark.parametrize("pattern", ["mswa", "swa", "mswa-h", "mswa-l"])
+def test_stream_equivalence(pattern, backend):
+    """Windows + memories >= windows: log-probs do not depend on the segment length."""
+    model = build(attn_pattern=pattern, base_window=16, attn_backend=backend)
+    tokens = torch.randint(4, VOCAB + 4, (2, 160))
+    ref = stream_logprobs(model, tokens, 160)
+    for seg in (16, 37, 64):
+        got = stream_logprobs(model, tokens, seg)
+        assert torch.allclose(got, ref, atol=2e-5), (seg, (got - ref).abs().max())
+
+
+def test_memory_is_exactly_the_window():
+    model = build(attn_pattern="mswa", base_window=16)
+    assert model.decoder.mem_lens == [w - 1 for w in (8, 16, 32, 64)]
+    tokens = torch.randint(4, VOCAB + 4, (1, 100))
+    stream_logprobs(model, tokens, 40)
+    mems = model.decoder.stream_memories["test"].mems
+    assert [m.shape[1] for m in mems[1:-1:2]] == model.decoder.mem_lens
+    assert not any(m.requires_grad for m in mems[:-1])
+    assert not any("mem" in k for k in model.state_dict())
+
+
+def test_full_equals_swa_with_long_window():
+    """full attention == swa whose window exceeds segment + memory (here: the whole stream)."""
+    tokens = torch.randint(4, VOCAB + 4, (2, 96))
+    full = build(attn_pattern="full", mem_len=128)
+    swa = build(attn_pattern="swa", base_window=200)
+    swa.load_state_dict(full.state_dict())
+    a, b = stream_logprobs(full, tokens, 32), stream_logprobs(swa, tokens, 32)
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_mem_len_shorter_than_window_is_an_error():
+    with pytest.raises(ScheduleError, match="--mem-len"):
+        build(attn_pattern="swa", base_window=16, mem_len=8)
+    s = build_schedule(2, 4, 8, "swa")
+    assert memory_lengths(s, -1, 32) == [7, 7]
+    assert memory_lengths(build_schedule(2, 4, None, "full"), -1, 32) == [32, 32]
+
+
+def naive_xl_attention(layer: RelMultiheadWindowAttention, x, memory, windows):
+    """Transformer-XL relative attention written out per (query, key), independently of the
+    kernels: score = (q_i + u).k_j + (q_i + v).W_r R[i - j], masked to each head's window."""
+    b, length, e = x.shape
+    h, d = layer.num_heads, layer.head_dim
+    kv_in = torch.cat([memory, x], 1)
+    mlen = memory.shape[1]
+    wq, wk, wv = layer.qkv_proj.weight.split(e)
+    q = (x @ wq.T).view(b, length, h, d)
+    k = (kv_in @ wk.T).view(b, -1, h, d)
+    v = (kv_in @ wv.T).view(b, -1, h, d)
+    klen = kv_in.shape[1]
+    r = (sinusoid_table(klen, e).to(x.dtype) @ layer.r_proj.weight.T).view(klen, h, d)
+    out = torch.zeros(b, length, h, d, dtype=x.dtype)
+    for hh in range(h):
+        w = windows[hh]
+        for i in range(length):
+            p = mlen + i
+            js = [j for j in range(klen) if j <= p and (w is None or p - j < w)]
+            scores = torch.stack([
+                ((q[:, i, hh] + layer.u_bias[hh]) * k[:, j, hh]).sum(-1)
+                + ((q[:, i, hh] + layer.v_bias[hh]) * r[p - j, hh]).sum(-1)
+                for j in js
+            ], -1) / math.sqrt(d)
+            probs = torch.softmax(scores, -1)
+            out[:, i, hh] = sum(probs[:, n, None] * v[:, j, hh] for n, j in enumerate(js))
+    return layer.out_proj(out.reshape(b, length, e))
+
+
+@pytest.mark.parametrize("backend", ["dense", "blocked", "auto"])
+def test_fast_path_equals_naive_xl(backend):
+    torch.manual_seed(0)
+    windows = (1, 3, 7, None)
+    layer = RelMultiheadWindowAttention(16, 4, windows, backend=backend).double()
+    with torch.no_grad():
+        layer.u_bias.normal_()
+        layer.v_bias.normal_()
+    x = torch.randn(2, 11, 16, dtype=torch.float64)
+    memory = torch.randn(2, 5, 16, dtype=torch.float64)
+    expected = naive_xl_attention(layer, x, memory, windows)
+    assert torch.allclose(layer(x, memory), expected, rtol=1e-9, atol=1e-10)
+    # gradients flow into the position biases and projections the same way
+    x.requires_grad_(True)
+    g1 = torch.autograd.grad(layer(x, memory).sum(), [x, layer.v_bias, layer.r_proj.weight])
+    g2 = torch.autograd.grad(naive_xl_attention(layer, x, memory, windows).sum(),
+                             [x, layer.v_bias, layer.r_proj.weight])
+    for a, b in zip(g1, g2):
+        assert torch.allclose(a, b, rtol=1e-8, atol=1e-9)
+
+
+def test_override_pattern_keeps_parameters():
+    """Windows are not parameters: every pattern loads the same state dict."""
+    ref = build(attn_pattern="mswa").state_dict()
+    for pattern in ("full", "swa", "mswa-h", "mswa-l"):
+        model = build(attn_pattern=pattern, base_window=16)
+        model.load_state_dict(ref)
+
+
+def test_sinks_are_seen_from_far_away():
+    """With sink tokens, the first tokens of the stream still influence far-away positions."""
+    tokens = torch.randint(4, VOCAB + 4, (1, 120))
+    changed = tokens.clone()
+    changed[0, 0] = 4 if tokens[0, 0] != 4 else 5
+    no_sink = build(attn_pattern="swa", base_window=8)
+    sink = build(attn_pattern="swa", base_window=8, sink_tokens=2)
+    sink.load_state_dict(no_sink.state_dict())
+    far = slice(100, 120)  # beyond 4 layers x (8 - 1) tokens of receptive field
+    assert torch.equal(stream_logprobs(no_sink, tokens, 32)[:, far],
+                       stream_logprobs(no_sink, changed, 32)[:, far])
+    assert not torch.allclose(stream_logprobs(sink, tokens, 32)[:, far],
+                              stream_logprobs(sink, changed, 32)[:, far])
