@@ -171,17 +171,16 @@ def plan_runs(table: int, opts, setup: Dict) -> List[Run]:
                 train.update(smoke["train"])
                 train.update(sds.get("train") or {})
                 train.update((smoke.get("model") or {}).get(cfg["family"]) or {})
-                for key in ("adaptive-input-cutoff", "adaptive-softmax-cutoff"):
-                    if key in train:
-                        train[key] = sds["adaptive_cutoff"]
             if opts.max_update is not None:
                 train["max-update"] = opts.max_update
             mem = None
-            if family.get("memory") == "max_window" and "mem-len" not in args:
-                mem = max_window(args)
-                if mem is None:
-                    raise ReproError(f"row {row['id']} has full-attention heads: give mem-len")
-                args["mem-len"] = mem
+            if family.get("memory") == "per_layer":
+                # the model's --mem-len -1: every layer keeps (its largest window - 1) tokens
+                top = max_window(args)
+                if top is None:
+                    raise ReproError(f"row {row['id']} has full-attention heads: its memory "
+                                     "would be the segment; give mem-len in its args")
+                mem = int(args["mem-len"]) if "mem-len" in args else top - 1
             rid = row["id"]
             run_dir = Path(opts.runs_dir) / f"table{table}" / dataset / rid
             save_dir = Path(opts.save_root) / f"table{table}" / dataset / rid
@@ -205,7 +204,7 @@ def plan_runs(table: int, opts, setup: Dict) -> List[Run]:
                 + shlex.split(opts.eval_args or "")
             )
             meta = {
-                "arch": arch, "criterion": criterion, "segment": segment, "memory": mem,
+                "arch": arch, "criterion": criterion, "segment": segment, "max_memory": mem,
                 "args": args, "gpus": gpus, "batch_per_gpu": per_gpu, "update_freq": update_freq,
                 "tokens_per_update": sequences * segment, "max_update": train["max-update"],
             }

@@ -65,14 +65,16 @@ def test_plan_paper_setup_and_memory():
     assert int(_flag(wt, "--batch-size")) * int(_flag(wt, "--tokens-per-sample")) == 16384
     en = by[("enwik8", "swa")].train_cmd
     assert int(_flag(en, "--batch-size")) * int(_flag(en, "--tokens-per-sample")) == 49152
-    # memory = the row's largest window
-    assert _flag(wt, "--mem-len") == "512"
-    assert _flag(by[("enwik8", "swa")].train_cmd, "--mem-len") == "128"
-    assert _flag(by[("enwik8", "full-n2048")].train_cmd, "--mem-len") == "2048"
+    # memory: the model's per-layer default (largest window - 1), recorded in the plan
+    assert all("--mem-len" not in r.train_cmd for r in runs)
+    assert by[("wikitext-103", "mswa")].meta["max_memory"] == 511
+    assert by[("enwik8", "swa")].meta["max_memory"] == 127
+    assert by[("enwik8", "full-n2048")].meta["max_memory"] == 2047
+    assert _flag(by[("enwik8", "full-n2048")].train_cmd, "--base-window") == "2048"
     t5 = {r.row["id"]: r for r in reproduce.plan_runs(5, _opts(), setup)}
-    assert _flag(t5["mswa-512"].train_cmd, "--mem-len") == "2048"
+    assert t5["mswa-512"].meta["max_memory"] == 2047
     t6 = {r.row["id"]: r for r in reproduce.plan_runs(6, _opts(), setup)}
-    assert _flag(t6["arithmetic"].train_cmd, "--mem-len") == "200"
+    assert t6["arithmetic"].meta["max_memory"] == 199
     assert _flag(t6["decreasing"].train_cmd, "--window-variation") == "decreasing"
     t3 = reproduce.plan_runs(3, _opts(datasets="enwik8"), setup)
     assert [_flag(r.train_cmd, "--arch") for r in t3] == [
