@@ -47,6 +47,7 @@ def test_ranks_own_their_rows_like_one_process_with_more_streams():
     r0 = batches(make(tokens, T=8, rows=2, shards=2, shard=0))
     r1 = batches(make(tokens, T=8, rows=2, shards=2, shard=1))
     assert len(one) == len(r0) == len(r1)
+    assert sum(b["ntokens"] for b in r0 + r1) == 100
     for a, b0, b1 in zip(one, r0, r1):
         assert torch.equal(a["target"], torch.cat([b0["target"], b1["target"]]))
         assert a["ntokens"] == b0["ntokens"] + b1["ntokens"]

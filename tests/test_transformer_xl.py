@@ -56,10 +56,11 @@ def stream_logprobs(model, tokens, seg, key="test"):
 
 
 @pytest.mark.parametrize("backend", ["dense", "blocked"])
-@pytest.mark.parametrize("pattern", ["mswa", "swa", "mswa-h", "mswa-l"])
-def test_stream_equivalence(pattern, backend):
+@pytest.mark.parametrize("pattern,sinks", [("mswa", 0), ("swa", 0), ("mswa-h", 0), ("mswa-l", 0),
+                                           ("mswa", 3)])
+def test_stream_equivalence(pattern, sinks, backend):
     """Windows + memories >= windows: log-probs do not depend on the segment length."""
-    model = build(attn_pattern=pattern, base_window=16, attn_backend=backend)
+    model = build(attn_pattern=pattern, base_window=16, attn_backend=backend, sink_tokens=sinks)
     tokens = torch.randint(4, VOCAB + 4, (2, 160))
     ref = stream_logprobs(model, tokens, 160)
     for seg in (16, 37, 64):

@@ -12,8 +12,10 @@ with a full-attention head keeps ``--mem-len`` states (default: ``--tokens-per-s
 Transformer-XL. ``--mem-len`` smaller than what a window needs is an error.
 
 Sink tokens (SWAA "keep first"): the first K hidden states of each stream are kept per layer and
-placed right before the memory, visible to every query; their position term uses their distance
-inside the cache (as StreamingLLM does), not their distance in the text.
+placed right before the memory, visible to every query. A sink outside a head's window gets the
+position term of the window's farthest distance (distances are clamped, as Transformer-XL's
+``clamp_len`` does), so sinks keep the stream equivalence: results do not depend on the segment
+length.
 
 Streams and memory are driven by the ``mswa_lm`` task (``net_input["stream"]``); without it (e.g.
 the ``language_modeling`` task) each sample is scored on its own, with no memory.

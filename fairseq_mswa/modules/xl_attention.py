@@ -6,7 +6,7 @@ Score of query ``i`` and key ``j`` (Dai et al. 2019, Eq. in Sec. 3.3, terms (a)+
 
 The content term goes to ``window_attention`` as queries ``q + u``; the position term is computed
 only for the distances a head can see (``0 .. R - 1``, R = the layer's largest window, or every key
-when a head is full or sinks are on) and passed as ``pos_scores``, so windowed layers stay O(n w).
+when a head is full) and passed as ``pos_scores``, so windowed layers stay O(n w).
 Keys and values come from ``[memory; segment]``: the segment's query ``i`` sits at key position
 ``len(memory) + i``.
 """
@@ -48,8 +48,10 @@ class RelMultiheadWindowAttention(nn.Module):
         return None if any(w is None for w in self.windows) else max(self.windows)
 
     def num_distances(self, num_keys: int) -> int:
-        """R: distances that need their own position score (beyond: clamped, never attended)."""
-        if self.max_window is None or self.sink_tokens > 0:
+        """R: distances that get their own position score. Beyond R - 1 the kernel clamps to
+        R - 1 (Transformer-XL's clamp_len): only sink keys outside the window are that far, so
+        they all get the window's farthest distance, whatever the segmentation."""
+        if self.max_window is None:
             return num_keys
         return min(self.max_window, num_keys)
 

@@ -45,7 +45,7 @@ class StreamDataset(FairseqDataset):
     """Item ``s`` is batch ``s`` of this rank: (source, target) of shape (rows, <= T)."""
 
     def __init__(self, tokens: np.ndarray, tokens_per_sample: int, rows_per_shard: int,
-                 num_shards: int, shard_id: int, pad: int, eos: int):
+                 num_shards: int, shard_id: int, pad: int, eos: int, stream_key: str = "stream"):
         if tokens_per_sample < 1 or rows_per_shard < 1:
             raise ValueError("tokens_per_sample and batch_size must be >= 1")
         n = len(tokens)
@@ -55,30 +55,36 @@ class StreamDataset(FairseqDataset):
                 f"the split has {n} tokens, fewer than the {total_rows} streams "
                 f"(batch size {rows_per_shard} x {num_shards} ranks): use a smaller --batch-size"
             )
-        tokens = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
-        prev = torch.cat([torch.tensor([eos]), tokens[:-1]])
+        self.tokens = tokens  # the whole split (any integer dtype, e.g. an mmap view)
         bounds = np.linspace(0, n, total_rows + 1).round().astype(np.int64)
-        self.row_len = int(np.max(np.diff(bounds)))  # same on every rank
-        rows = range(shard_id * rows_per_shard, (shard_id + 1) * rows_per_shard)
-        src = torch.full((rows_per_shard, self.row_len), pad, dtype=torch.long)
-        tgt = torch.full((rows_per_shard, self.row_len), pad, dtype=torch.long)
-        for i, r in enumerate(rows):
-            a, b = int(bounds[r]), int(bounds[r + 1])
-            src[i, : b - a] = prev[a:b]
-            tgt[i, : b - a] = tokens[a:b]
-        self.src, self.tgt = src, tgt
+        self.row_len = int(np.max(np.diff(bounds)))  # the same on every rank
+        mine = slice(shard_id * rows_per_shard, (shard_id + 1) * rows_per_shard + 1)
+        self.row_bounds = bounds[mine]  # rows of this rank: [row_bounds[i], row_bounds[i + 1])
         self.tokens_per_sample = tokens_per_sample
-        self.pad = pad
-        self.num_stream_tokens = n
-        self.stream_key = "stream"  # the task names it after the split
+        self.pad, self.eos = pad, eos
+        self.stream_key = stream_key  # the task names it after the split
 
     def __len__(self):
         return (self.row_len + self.tokens_per_sample - 1) // self.tokens_per_sample
 
     def __getitem__(self, s: int):
+        """Batch ``s``: columns [s T, (s + 1) T) of this rank's rows, built on the fly."""
         a = s * self.tokens_per_sample
-        b = min(a + self.tokens_per_sample, self.row_len)
-        return s, a, self.src[:, a:b], self.tgt[:, a:b]
+        width = min(self.tokens_per_sample, self.row_len - a)
+        rows = len(self.row_bounds) - 1
+        src = torch.full((rows, width), self.pad, dtype=torch.long)
+        tgt = torch.full((rows, width), self.pad, dtype=torch.long)
+        for i in range(rows):
+            lo = int(self.row_bounds[i]) + a
+            hi = min(lo + width, int(self.row_bounds[i + 1]))
+            if hi <= lo:
+                continue
+            tgt[i, : hi - lo] = torch.from_numpy(np.asarray(self.tokens[lo:hi], dtype=np.int64))
+            prev = np.asarray(self.tokens[max(lo - 1, 0):hi - 1], dtype=np.int64)
+            if lo == 0:  # the first token of the split follows </s>
+                prev = np.concatenate([[self.eos], prev])
+            src[i, : hi - lo] = torch.from_numpy(prev)
+        return s, a, src, tgt
 
     def collater(self, items) -> Dict[str, Any]:
         assert len(items) == 1, "every item of a StreamDataset is a whole batch"
@@ -98,7 +104,7 @@ class StreamDataset(FairseqDataset):
 
     # the rest of fairseq's FairseqDataset API (batches are fixed: item s is batch s)
     def num_tokens(self, index):
-        return self.src.shape[0] * self.tokens_per_sample
+        return (len(self.row_bounds) - 1) * self.tokens_per_sample
 
     def size(self, index):
         return self.tokens_per_sample
@@ -172,20 +178,20 @@ class MSWALanguageModelingTask(FairseqTask):
             )
         tokens = _concatenate(data)
         self.datasets[split] = self._stream_dataset(tokens, split)
-        self.datasets[split].stream_key = split
         logger.info("%s: %d tokens in %d streams per rank, %d batches of <= %d tokens", split,
                     len(tokens), self._batch_size(split), len(self.datasets[split]),
                     self.cfg.tokens_per_sample)
 
-    def _stream_dataset(self, tokens, split, num_shards=None, shard_id=None):
+    def _stream_dataset(self, tokens, split, num_shards=None, shard_id=None, batch_size=None):
         return StreamDataset(
             tokens,
             tokens_per_sample=self.cfg.tokens_per_sample,
-            rows_per_shard=self._batch_size(split),
+            rows_per_shard=batch_size or self._batch_size(split),
             num_shards=num_shards if num_shards is not None else max(1, self.cfg.data_parallel_size or 1),
             shard_id=shard_id if shard_id is not None else max(0, self.cfg.data_parallel_rank or 0),
             pad=self.dictionary.pad(),
             eos=self.dictionary.eos(),
+            stream_key=split,
         )
 
     def get_batch_iterator(self, dataset, num_workers=0, epoch=1, data_buffer_size=0,
@@ -211,12 +217,9 @@ class MSWALanguageModelingTask(FairseqTask):
             raise ValueError(
                 "mswa_lm scores with the model's memory; --context-window does not apply (drop it)"
             )
-        if num_shards > 1:  # a distributed eval: rebuild this rank's rows
-            key = dataset.stream_key
-            dataset = self._stream_dataset(
-                _reconstruct(dataset), "valid", num_shards=num_shards, shard_id=shard_id
-            )
-            dataset.stream_key = key
+        # this evaluation's streams: batch_size rows per shard of the whole split
+        dataset = self._stream_dataset(dataset.tokens, dataset.stream_key, num_shards=num_shards,
+                                       shard_id=shard_id, batch_size=batch_size)
         return self.get_batch_iterator(dataset, num_workers=num_workers,
                                        data_buffer_size=data_buffer_size).next_epoch_itr(shuffle=False)
 
@@ -251,15 +254,10 @@ def _without_stream(sample):
 
 
 def _concatenate(data) -> np.ndarray:
-    """All tokens of an indexed dataset as one int64 array, in order."""
+    """All tokens of an indexed dataset as one array, in order (a view of the mmap file when the
+    dataset is memory-mapped: no copy of a large training split)."""
     index = getattr(data, "_index", None)
     buffer = getattr(data, "_bin_buffer", None)
     if index is not None and buffer is not None:  # mmap dataset: already contiguous on disk
-        return np.frombuffer(buffer, dtype=index.dtype, count=int(np.sum(index.sizes))).astype(np.int64)
-    return np.concatenate([data[i].numpy() for i in range(len(data))]).astype(np.int64)
-
-
-def _reconstruct(dataset: StreamDataset) -> np.ndarray:
-    """The split's token stream back from a single-shard StreamDataset."""
-    rows = [t[t.ne(dataset.pad)] for t in dataset.tgt]
-    return torch.cat(rows).numpy()
+        return np.frombuffer(buffer, dtype=index.dtype, count=int(np.sum(index.sizes)))
+    return np.concatenate([data[i].numpy() for i in range(len(data))])
