@@ -39,10 +39,14 @@ USER_DIR = REPO / "fairseq_mswa"
 
 # The demo model: small enough for 2 CPU cores, 4 layers x 4 heads so that MSWA's 4 layer groups
 # and 4 head groups each get one layer / one head.
-FULL = dict(layers=4, heads=4, embed=128, ffn=512, segment=64, batch=8, updates=900,
-            base_window=32, max_bytes=None, log_interval=50, lr=1e-3, warmup=100)
+# ``minutes``: a per-model cap on training time (fairseq's --stop-time-hours) so that the whole demo
+# stays within 15 minutes on a slow or busy machine; the updates actually made are reported.
+FULL = dict(layers=4, heads=4, embed=128, ffn=512, segment=64, batch=16, updates=1200,
+            base_window=32, max_bytes=None, log_interval=100, lr=1e-3, warmup=100,
+            eval_batch=8, minutes=5.0)
 QUICK = dict(layers=4, heads=4, embed=32, ffn=64, segment=32, batch=2, updates=3,
-             base_window=16, max_bytes=40_000, log_interval=1, lr=1e-3, warmup=1)
+             base_window=16, max_bytes=40_000, log_interval=1, lr=1e-3, warmup=1,
+             eval_batch=2, minutes=5.0)
 
 _INNER = re.compile(r"\| train_inner \| .*?loss=([\d.]+).*?wps=([\d.]+).*?num_updates=(\d+)")
 _VALID = re.compile(r"\| valid \| .*?\| loss ([\d.]+) .*?\| num_updates (\d+)")
@@ -55,8 +59,7 @@ def schedule_cost(cfg: Dict, pattern: str) -> int:
     return sched.cost(), sched.window_range()
 
 
-def train_command(cfg: Dict, data: Path, pattern: str, save_dir: Path, tb: Path,
-                  mem_len: int, threads: int) -> List[str]:
+def train_command(cfg: Dict, data: Path, pattern: str, save_dir: Path, tb: Path) -> List[str]:
     return [
         sys.executable, "-m", "fairseq_cli.train", str(data),
         "--user-dir", str(USER_DIR), "--task", "mswa_lm",
@@ -66,13 +69,15 @@ def train_command(cfg: Dict, data: Path, pattern: str, save_dir: Path, tb: Path,
         "--decoder-embed-dim", str(cfg["embed"]),
         "--decoder-ffn-embed-dim", str(cfg["ffn"]),
         "--attn-pattern", pattern, "--base-window", str(cfg["base_window"]),
-        "--mem-len", str(mem_len),
         "--tokens-per-sample", str(cfg["segment"]), "--batch-size", str(cfg["batch"]),
         "--criterion", "cross_entropy",
         "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--weight-decay", "0.01",
         "--clip-norm", "0.25", "--lr", str(cfg["lr"]), "--lr-scheduler", "cosine",
-        "--warmup-updates", str(cfg["warmup"]), "--warmup-init-lr", "1e-7",
+        # the cosine period is max-update - warm-up: keep the warm-up below the updates
+        "--warmup-updates", str(min(cfg["warmup"], cfg["updates"] // 10)),
+        "--warmup-init-lr", "1e-7",
         "--max-update", str(cfg["updates"]), "--seed", "1",
+        "--stop-time-hours", f"{cfg['minutes'] / 60:.4f}",
         "--cpu", "--num-workers", "0", "--log-format", "simple",
         "--log-interval", str(cfg["log_interval"]),
         "--save-dir", str(save_dir), "--no-epoch-checkpoints", "--save-interval-updates", "0",
@@ -85,7 +90,7 @@ def eval_command(cfg: Dict, data: Path, save_dir: Path) -> List[str]:
         sys.executable, "-m", "fairseq_cli.eval_lm", str(data),
         "--user-dir", str(USER_DIR), "--task", "mswa_lm",
         "--path", str(save_dir / "checkpoint_last.pt"), "--gen-subset", "test",
-        "--tokens-per-sample", str(cfg["segment"]), "--batch-size", "1",
+        "--tokens-per-sample", str(cfg["segment"]), "--batch-size", str(cfg["eval_batch"]),
         "--cpu", "--log-format", "simple",
     ]
 
@@ -96,14 +101,14 @@ def curve(train_log: str):
 
 
 def run_model(name: str, pattern: str, cfg: Dict, data: Path, split: Dict, work: Path,
-              step: str, threads: int) -> Dict:
+              step: str) -> Dict:
     cost, (lo, hi) = schedule_cost(cfg, pattern)
     save_dir = work / "checkpoints" / name
     if save_dir.exists():
         import shutil
         shutil.rmtree(save_dir)
-    cmd = train_command(cfg, data, pattern, save_dir, work / "tb" / name, hi, threads)
-    print(f"{step} training {name} ({pattern}, windows {lo}..{hi}, memory {hi}) for "
+    cmd = train_command(cfg, data, pattern, save_dir, work / "tb" / name)
+    print(f"{step} training {name} ({pattern}, windows {lo}..{hi}, memory {hi - 1}) for "
           f"{cfg['updates']} updates", flush=True)
     t0 = time.time()
     rc, out = stream(cmd, work / f"{name}.train.log", f"  [{name}]")
@@ -119,10 +124,17 @@ def run_model(name: str, pattern: str, cfg: Dict, data: Path, split: Dict, work:
         raise ReproError(f"eval scored {ev['eval_symbols']} symbols, the test split has "
                          f"{split['symbols']}")
     pts = curve(out)
+    from reproduce import parse_train
+
+    updates = parse_train(out).get("updates", pts[-1][0] if pts else None)
+    if updates != cfg["updates"]:
+        print(f"  note: {name} stopped after {updates} of {cfg['updates']} updates (the "
+              f"{cfg['minutes']:g}-minute cap)", flush=True)
     # tokens/s of training: fairseq's per-interval wps, the first interval (warm-up) left out
     wps = [w for _, _, w in pts[1:]] or [w for _, _, w in pts]
     return {
-        "name": name, "pattern": pattern, "windows": [lo, hi], "memory": hi,
+        "name": name, "pattern": pattern, "windows": [lo, hi], "max_memory": hi - 1,
+        "updates": updates,
         "cost": cost,
         "test_bpc": ev["loss_base2"] * ev["eval_symbols"] / split["bytes"],
         "eval_symbols": ev["eval_symbols"], "eval_tokens_per_s": ev["eval_tokens_per_s"],
@@ -161,8 +173,9 @@ def plot(res: Dict, path: Path) -> None:
     b.set_title("test (fairseq-eval-lm)")
     b.grid(alpha=0.3)
     b.legend()
-    fig.suptitle(f"SWA vs MSWA, base window {res['config']['base_window']}, "
-                 f"{res['config']['updates']} updates, {res['corpus']['source']}", fontsize=9)
+    ups = "/".join(str(m["updates"]) for m in res["models"])
+    fig.suptitle(f"SWA vs MSWA, base window {res['config']['base_window']}, {ups} updates, "
+                 f"{res['corpus']['source']}", fontsize=9)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
     fig.savefig(tmp, dpi=110)
@@ -176,6 +189,8 @@ def main(argv=None) -> int:
                     help="a few updates of a tiny model on a slice of the corpus (for tests)")
     ap.add_argument("--updates", type=int, default=None, help="training updates per model")
     ap.add_argument("--base-window", type=int, default=None)
+    ap.add_argument("--minutes", type=float, default=None,
+                    help="cap on each model's training time (default 5)")
     ap.add_argument("--out", type=Path, default=None,
                     help="where demo.json and demo.png go (default results/demo; --quick: "
                          "runs/demo-quick/results)")
@@ -189,10 +204,13 @@ def main(argv=None) -> int:
         cfg["updates"] = args.updates
     if args.base_window is not None:
         cfg["base_window"] = args.base_window
+    if args.minutes is not None:
+        cfg["minutes"] = args.minutes
     work = args.work or REPO / "runs" / ("demo-quick" if args.quick else "demo")
     out = args.out or (work / "results" if args.quick else REPO / "results" / "demo")
-    threads = args.threads or os.cpu_count() or 1
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    threads = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
@@ -207,7 +225,7 @@ def main(argv=None) -> int:
         split = info["splits"]["test"]
         models = []
         for step, (name, pattern) in zip(("[2/4]", "[3/4]"), (("SWA", "swa"), ("MSWA", "mswa"))):
-            models.append(run_model(name, pattern, cfg, data, split, work, step, threads))
+            models.append(run_model(name, pattern, cfg, data, split, work, step))
     except ReproError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -231,14 +249,18 @@ def main(argv=None) -> int:
     write_json_atomic(out / "demo.json", res)
     plot(res, out / "demo.png")
     print("[4/4] results (test split, fairseq-eval-lm)\n")
-    print(f"| model | windows | test bpc | relative cost | train tokens/s | eval tokens/s |")
-    print(f"|---|---|---|---|---|---|")
+    print("| model | windows | updates | test bpc | relative cost | train tokens/s | "
+          "eval tokens/s |")
+    print("|---|---|---|---|---|---|---|")
     for m in models:
         tps = f"{m['train_tokens_per_s']:,.0f}" if m["train_tokens_per_s"] else "-"
-        print(f"| {m['name']} | {m['windows'][0]}..{m['windows'][1]} | {m['test_bpc']:.4f} | "
-              f"{m['relative_cost']:.2f} | {tps} | {m['eval_tokens_per_s']:,.0f} |")
-    print(f"\n{cfg['updates']} updates x {cfg['batch'] * cfg['segment']} tokens per model; "
-          f"total {res['total_wall_s']:.0f} s. Wrote {out / 'demo.json'} and {out / 'demo.png'}")
+        print(f"| {m['name']} | {m['windows'][0]}..{m['windows'][1]} | {m['updates']} | "
+              f"{m['test_bpc']:.4f} | {m['relative_cost']:.2f} | {tps} | "
+              f"{m['eval_tokens_per_s']:,.0f} |")
+    print(f"\n{cfg['batch'] * cfg['segment']} tokens per update; relative cost = sum of the "
+          f"windows of all heads of all layers, MSWA = 1.00; tokens/s measured on this machine "
+          f"({threads} threads). Total {res['total_wall_s']:.0f} s. Wrote {out / 'demo.json'} "
+          f"and {out / 'demo.png'}")
     return 0
 
 

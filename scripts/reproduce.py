@@ -173,6 +173,9 @@ def plan_runs(table: int, opts, setup: Dict) -> List[Run]:
                 train.update((smoke.get("model") or {}).get(cfg["family"]) or {})
             if opts.max_update is not None:
                 train["max-update"] = opts.max_update
+            if int(train["max-update"]) <= int(train.get("warmup-updates", 0)):
+                # fairseq's cosine period is max-update - warm-up: it must stay positive
+                train["warmup-updates"] = int(train["max-update"]) // 10
             mem = None
             if family.get("memory") == "per_layer":
                 # the model's --mem-len -1: every layer keeps (its largest window - 1) tokens

@@ -245,7 +245,7 @@ def test_demo_quick(tmp_path):
     assert names == ["SWA", "MSWA"]
     for m in res["models"]:
         assert 0 < m["test_bpc"] < 20 and m["eval_symbols"] > 0
-        assert len(m["curve"]) == res["config"]["updates"]
+        assert m["updates"] == res["config"]["updates"] == len(m["curve"]) == 3
     mswa = next(m for m in res["models"] if m["name"] == "MSWA")
     assert mswa["relative_cost"] == 1.0
     assert (tmp_path / "out" / "demo.png").read_bytes()[:4] == b"\x89PNG"
