@@ -63,6 +63,18 @@ class StreamDataset(FairseqDataset):
         self.tokens_per_sample = tokens_per_sample
         self.pad, self.eos = pad, eos
         self.stream_key = stream_key  # the task names it after the split
+        self.source = None  # the indexed dataset `tokens` may view (kept alive with it)
+
+    def __getstate__(self):  # data-loader workers re-open the mmap instead of copying the split
+        state = dict(self.__dict__)
+        if self.source is not None:
+            state["tokens"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if self.tokens is None:
+            self.tokens = _concatenate(self.source)
 
     def __len__(self):
         return (self.row_len + self.tokens_per_sample - 1) // self.tokens_per_sample
@@ -178,6 +190,7 @@ class MSWALanguageModelingTask(FairseqTask):
             )
         tokens = _concatenate(data)
         self.datasets[split] = self._stream_dataset(tokens, split)
+        self.datasets[split].source = data  # keeps the mmap that `tokens` views open
         logger.info("%s: %d tokens in %d streams per rank, %d batches of <= %d tokens", split,
                     len(tokens), self._batch_size(split), len(self.datasets[split]),
                     self.cfg.tokens_per_sample)
@@ -218,8 +231,10 @@ class MSWALanguageModelingTask(FairseqTask):
                 "mswa_lm scores with the model's memory; --context-window does not apply (drop it)"
             )
         # this evaluation's streams: batch_size rows per shard of the whole split
+        source = getattr(dataset, "source", None)
         dataset = self._stream_dataset(dataset.tokens, dataset.stream_key, num_shards=num_shards,
                                        shard_id=shard_id, batch_size=batch_size)
+        dataset.source = source
         return self.get_batch_iterator(dataset, num_workers=num_workers,
                                        data_buffer_size=data_buffer_size).next_epoch_itr(shuffle=False)
 
@@ -255,7 +270,8 @@ def _without_stream(sample):
 
 def _concatenate(data) -> np.ndarray:
     """All tokens of an indexed dataset as one array, in order (a view of the mmap file when the
-    dataset is memory-mapped: no copy of a large training split)."""
+    dataset is memory-mapped: no copy of a large training split; keep ``data`` alive, its
+    destructor closes the mmap)."""
     index = getattr(data, "_index", None)
     buffer = getattr(data, "_bin_buffer", None)
     if index is not None and buffer is not None:  # mmap dataset: already contiguous on disk
