@@ -41,9 +41,12 @@ USER_DIR = REPO / "fairseq_mswa"
 # and 4 head groups each get one layer / one head.
 # ``minutes``: a per-model cap on training time (fairseq's --stop-time-hours) so that the whole demo
 # stays within 15 minutes on a slow or busy machine; the updates actually made are reported.
-FULL = dict(layers=4, heads=4, embed=128, ffn=512, segment=64, batch=16, updates=1200,
+# ``updates`` is an upper bound: before training, a short probe of each model measures its speed
+# on this machine right now and the demo picks the largest number of updates (the same for both
+# models, a complete cosine schedule each) that fits ``train_minutes`` for the two together.
+FULL = dict(layers=4, heads=4, embed=128, ffn=512, segment=64, batch=16, updates=2000,
             base_window=32, max_bytes=None, log_interval=100, lr=1e-3, warmup=100,
-            eval_batch=8, minutes=5.0)
+            eval_batch=8, minutes=6.0, train_minutes=8.0, min_updates=100, probe_updates=30)
 QUICK = dict(layers=4, heads=4, embed=32, ffn=64, segment=32, batch=2, updates=3,
              base_window=16, max_bytes=40_000, log_interval=1, lr=1e-3, warmup=1,
              eval_batch=2, minutes=5.0)
@@ -72,9 +75,10 @@ def train_command(cfg: Dict, data: Path, pattern: str, save_dir: Path, tb: Path)
         "--tokens-per-sample", str(cfg["segment"]), "--batch-size", str(cfg["batch"]),
         "--criterion", "cross_entropy",
         "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--weight-decay", "0.01",
-        "--clip-norm", "0.25", "--lr", str(cfg["lr"]), "--lr-scheduler", "cosine",
-        # the cosine period is max-update - warm-up: keep the warm-up below the updates
-        "--warmup-updates", str(min(cfg["warmup"], cfg["updates"] // 10)),
+        # inverse_sqrt: the learning rate depends on the update number only, so a model stopped
+        # early by the time cap has followed the same schedule as the other one
+        "--clip-norm", "0.25", "--lr", str(cfg["lr"]), "--lr-scheduler", "inverse_sqrt",
+        "--warmup-updates", str(cfg["warmup"]),
         "--warmup-init-lr", "1e-7",
         "--max-update", str(cfg["updates"]), "--seed", "1",
         "--stop-time-hours", f"{cfg['minutes'] / 60:.4f}",
@@ -93,6 +97,23 @@ def eval_command(cfg: Dict, data: Path, save_dir: Path) -> List[str]:
         "--tokens-per-sample", str(cfg["segment"]), "--batch-size", str(cfg["eval_batch"]),
         "--cpu", "--log-format", "simple",
     ]
+
+
+def probe_seconds_per_update(name: str, pattern: str, cfg: Dict, data: Path,
+                             work: Path) -> float:
+    """Seconds per update of this model on this machine now (a short fairseq-train run, the
+    first logged interval left out)."""
+    n = cfg["probe_updates"]
+    probe = dict(cfg, updates=n, log_interval=max(1, n // 3), warmup=1)
+    cmd = train_command(probe, data, pattern, work / "probe" / name, work / "probe" / "tb")
+    cmd += ["--no-save"]
+    rc, out = stream(cmd, work / f"{name}.probe.log", f"  [{name} probe]")
+    if rc != 0:
+        raise ReproError(f"fairseq-train failed for {name}; see {work / (name + '.probe.log')}")
+    wps = [w for _, _, w in curve(out)[1:]]
+    if not wps:
+        raise ReproError(f"the {name} probe logged no speed; see {work / (name + '.probe.log')}")
+    return cfg["batch"] * cfg["segment"] / statistics.median(wps)
 
 
 def curve(train_log: str):
@@ -187,7 +208,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true",
                     help="a few updates of a tiny model on a slice of the corpus (for tests)")
-    ap.add_argument("--updates", type=int, default=None, help="training updates per model")
+    ap.add_argument("--updates", type=int, default=None,
+                    help="training updates per model (default: as many as fit the time budget, "
+                         "measured by a short probe, at most 2000)")
     ap.add_argument("--base-window", type=int, default=None)
     ap.add_argument("--minutes", type=float, default=None,
                     help="cap on each model's training time (default 5)")
@@ -223,9 +246,26 @@ def main(argv=None) -> int:
                                    else f"pydoc-chars-{cfg['max_bytes']}")
         data = Path(work / "data-bin" / info["dataset"])
         split = info["splits"]["test"]
+        pairs = (("SWA", "swa"), ("MSWA", "mswa"))
+        if not args.quick and args.updates is None:
+            print("[1/4] measuring the speed of both models on this machine", flush=True)
+            spu = {name: probe_seconds_per_update(name, pattern, cfg, data, work)
+                   for name, pattern in pairs}
+            fit = int(cfg["train_minutes"] * 60 / sum(spu.values()))
+            cfg["updates"] = max(cfg["min_updates"], min(cfg["updates"], fit))
+            cfg["probe_seconds_per_update"] = spu
+            print(f"[1/4] {', '.join(f'{k} {v:.3f} s/update' for k, v in spu.items())}: "
+                  f"{cfg['updates']} updates each", flush=True)
+        # one warm-up for both models, fixed before training
+        cfg["warmup"] = min(cfg["warmup"], max(1, cfg["updates"] // 10))
         models = []
-        for step, (name, pattern) in zip(("[2/4]", "[3/4]"), (("SWA", "swa"), ("MSWA", "mswa"))):
-            models.append(run_model(name, pattern, cfg, data, split, work, step))
+        for step, (name, pattern) in zip(("[2/4]", "[3/4]"), pairs):
+            m = run_model(name, pattern, cfg, data, split, work, step)
+            models.append(m)
+            if m["updates"] is not None and m["updates"] < cfg["updates"]:
+                # the machine got slower than the probe said (time cap hit): give the next
+                # model the same number of updates so that the comparison stays fair
+                cfg["updates"] = m["updates"]
     except ReproError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
