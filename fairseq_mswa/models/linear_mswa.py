@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import torch
-from fairseq import options
 from fairseq.dataclass import ChoiceEnum
 from fairseq.models import (
     FairseqIncrementalDecoder,
@@ -30,7 +29,6 @@ from fairseq.models import (
     register_model,
     register_model_architecture,
 )
-from fairseq.modules import AdaptiveInput, AdaptiveSoftmax
 from omegaconf import II
 from torch import Tensor, nn
 
@@ -39,7 +37,8 @@ from ..modules.linear_layer import LINEAR_IMPLS, TaylorLinearAttention
 from ..modules.local_attention import LocalAttention
 from ..modules.norms import RMSNorm
 from ..schedule import ScheduleError, WindowSchedule
-from .window_config import WindowAttentionConfig, schedule_from_config
+from .lm_io import LanguageModelIOConfig, build_input_embedding, build_output
+from .window_config import schedule_from_config
 
 LAYER_KINDS = {"L": "linear attention", "A": "local (window) softmax attention"}
 DEFAULT_LAYER_PATTERN = "LAA"
@@ -84,7 +83,7 @@ def hybrid_schedule(cfg, layer_pattern: str, num_heads: int) -> Optional[WindowS
 
 
 @dataclass
-class LinearMSWAConfig(WindowAttentionConfig):
+class LinearMSWAConfig(LanguageModelIOConfig):
     dropout: float = field(default=0.1, metadata={"help": "dropout on embeddings and residual branches"})
     attention_dropout: float = field(
         default=0.0, metadata={"help": "dropout on the softmax attention probabilities"}
@@ -121,34 +120,6 @@ class LinearMSWAConfig(WindowAttentionConfig):
         },
     )
     rope_base: float = field(default=10000.0, metadata={"help": "RoPE base (theta)"})
-    no_scale_embedding: bool = field(
-        default=False, metadata={"help": "do not scale embeddings by sqrt(model dim)"}
-    )
-    share_decoder_input_output_embed: bool = field(
-        default=True, metadata={"help": "tie the token embedding and the output projection"}
-    )
-    adaptive_input: bool = field(default=False, metadata={"help": "use fairseq's AdaptiveInput"})
-    adaptive_input_factor: float = field(default=4, metadata={"help": "adaptive input factor"})
-    adaptive_input_cutoff: Optional[str] = field(
-        default=None, metadata={"help": "comma separated adaptive input cutoffs"}
-    )
-    adaptive_softmax_cutoff: Optional[str] = field(
-        default=None,
-        metadata={
-            "help": "comma separated adaptive softmax cutoffs (use --criterion adaptive_loss and "
-            "--ddp-backend legacy_ddp)"
-        },
-    )
-    adaptive_softmax_dropout: float = field(
-        default=0, metadata={"help": "adaptive softmax dropout for the tail projections"}
-    )
-    adaptive_softmax_factor: float = field(default=4, metadata={"help": "adaptive softmax factor"})
-    tie_adaptive_weights: bool = field(
-        default=False, metadata={"help": "tie the adaptive input and adaptive softmax weights"}
-    )
-    tie_adaptive_proj: bool = field(
-        default=False, metadata={"help": "tie the adaptive input and softmax projections"}
-    )
     max_target_positions: Optional[int] = II("task.tokens_per_sample")
 
 
@@ -212,24 +183,7 @@ class LinearMSWADecoder(FairseqIncrementalDecoder):
             for i, kind in enumerate(self.layer_pattern)
         )
         self.final_norm = RMSNorm(embed_dim)
-        self.adaptive_softmax = None
-        self.output_projection = None
-        if cfg.adaptive_softmax_cutoff is not None:
-            self.adaptive_softmax = AdaptiveSoftmax(
-                len(dictionary),
-                embed_dim,
-                options.eval_str_list(cfg.adaptive_softmax_cutoff, type=int),
-                dropout=cfg.adaptive_softmax_dropout,
-                adaptive_inputs=embed_tokens if cfg.tie_adaptive_weights else None,
-                factor=cfg.adaptive_softmax_factor,
-                tie_proj=cfg.tie_adaptive_proj,
-            )
-        elif cfg.share_decoder_input_output_embed and not cfg.adaptive_input:
-            self.output_projection = nn.Linear(embed_dim, len(dictionary), bias=False)
-            self.output_projection.weight = embed_tokens.weight
-        else:
-            self.output_projection = nn.Linear(embed_dim, len(dictionary), bias=False)
-            nn.init.normal_(self.output_projection.weight, mean=0, std=embed_dim ** -0.5)
+        self.adaptive_softmax, self.output_projection = build_output(cfg, dictionary, embed_tokens)
 
     def forward(
         self,
@@ -295,27 +249,7 @@ class LinearMSWALanguageModel(FairseqLanguageModel):
 
     @classmethod
     def build_model(cls, cfg, task):
-        dictionary = task.source_dictionary
-        embed_dim = cfg.decoder_embed_dim
-        if cfg.adaptive_input:
-            embed_tokens = AdaptiveInput(
-                len(dictionary), dictionary.pad(), embed_dim, cfg.adaptive_input_factor, embed_dim,
-                options.eval_str_list(cfg.adaptive_input_cutoff, type=int),
-            )
-        else:
-            embed_tokens = nn.Embedding(len(dictionary), embed_dim, padding_idx=dictionary.pad())
-            nn.init.normal_(embed_tokens.weight, mean=0, std=embed_dim ** -0.5)
-            nn.init.constant_(embed_tokens.weight[dictionary.pad()], 0)
-        if cfg.tie_adaptive_weights:
-            if not cfg.adaptive_input or cfg.adaptive_softmax_cutoff is None:
-                raise ValueError("--tie-adaptive-weights needs --adaptive-input and --adaptive-softmax-cutoff")
-            if (
-                cfg.adaptive_input_factor != cfg.adaptive_softmax_factor
-                or cfg.adaptive_input_cutoff != cfg.adaptive_softmax_cutoff
-            ):
-                raise ValueError(
-                    "--tie-adaptive-weights needs equal adaptive input/softmax factors and cutoffs"
-                )
+        embed_tokens = build_input_embedding(cfg, task.source_dictionary)
         return cls(LinearMSWADecoder(cfg, task.target_dictionary, embed_tokens))
 
     @property

@@ -26,20 +26,19 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 import torch
-from fairseq import options
 from fairseq.models import FairseqDecoder, FairseqLanguageModel, register_model, register_model_architecture
-from fairseq.modules import AdaptiveInput, AdaptiveSoftmax
 from omegaconf import II
 from torch import Tensor, nn
 
 from ..modules.xl_attention import RelMultiheadWindowAttention
 from ..schedule import ScheduleError, WindowSchedule
 from ..stream import StreamMemory
-from .window_config import WindowAttentionConfig, schedule_from_config
+from .lm_io import LanguageModelIOConfig, build_input_embedding, build_output
+from .window_config import schedule_from_config
 
 
 @dataclass
-class TransformerXLMSWAConfig(WindowAttentionConfig):
+class TransformerXLMSWAConfig(LanguageModelIOConfig):
     dropout: float = field(default=0.1, metadata={"help": "dropout probability"})
     attention_dropout: float = field(default=0.0, metadata={"help": "dropout on attention weights"})
     activation_dropout: float = field(default=0.0, metadata={"help": "dropout after the FFN ReLU"})
@@ -53,32 +52,6 @@ class TransformerXLMSWAConfig(WindowAttentionConfig):
             "help": "memory length of every layer; -1 = what each layer's largest window needs "
             "(max window - 1), and --tokens-per-sample for layers with a full-attention head"
         },
-    )
-    no_scale_embedding: bool = field(default=False, metadata={"help": "don't scale embeddings by sqrt(dim)"})
-    share_decoder_input_output_embed: bool = field(
-        default=True, metadata={"help": "tie input embedding and output projection"}
-    )
-    adaptive_input: bool = field(default=False, metadata={"help": "use fairseq's AdaptiveInput"})
-    adaptive_input_factor: float = field(default=4, metadata={"help": "adaptive input factor"})
-    adaptive_input_cutoff: Optional[str] = field(
-        default=None, metadata={"help": "comma separated list of adaptive input cutoff points"}
-    )
-    adaptive_softmax_cutoff: Optional[str] = field(
-        default=None,
-        metadata={
-            "help": "comma separated list of adaptive softmax cutoff points (use with "
-            "--criterion adaptive_loss and --ddp-backend legacy_ddp)"
-        },
-    )
-    adaptive_softmax_dropout: float = field(
-        default=0, metadata={"help": "dropout of the adaptive softmax tail projections"}
-    )
-    adaptive_softmax_factor: float = field(default=4, metadata={"help": "adaptive softmax factor"})
-    tie_adaptive_weights: bool = field(
-        default=False, metadata={"help": "tie the adaptive input and adaptive softmax weights"}
-    )
-    tie_adaptive_proj: bool = field(
-        default=False, metadata={"help": "tie the adaptive input and softmax projections"}
     )
     tokens_per_sample: int = II("task.tokens_per_sample")
     max_target_positions: Optional[int] = II("task.tokens_per_sample")
@@ -144,23 +117,7 @@ class TransformerXLMSWADecoder(FairseqDecoder):
             XLLayer(cfg, self.schedule.layer(i), self.sink_tokens) for i in range(cfg.decoder_layers)
         )
         self.final_norm = nn.LayerNorm(dim)
-        self.adaptive_softmax = None
-        if cfg.adaptive_softmax_cutoff is not None:
-            self.adaptive_softmax = AdaptiveSoftmax(
-                len(dictionary), dim,
-                options.eval_str_list(cfg.adaptive_softmax_cutoff, type=int),
-                dropout=cfg.adaptive_softmax_dropout,
-                adaptive_inputs=embed_tokens if cfg.tie_adaptive_weights else None,
-                factor=cfg.adaptive_softmax_factor,
-                tie_proj=cfg.tie_adaptive_proj,
-            )
-            self.output_projection = None
-        else:
-            self.output_projection = nn.Linear(dim, len(dictionary), bias=False)
-            if cfg.share_decoder_input_output_embed and not cfg.adaptive_input:
-                self.output_projection.weight = embed_tokens.weight
-            else:
-                nn.init.normal_(self.output_projection.weight, mean=0, std=dim ** -0.5)
+        self.adaptive_softmax, self.output_projection = build_output(cfg, dictionary, embed_tokens)
 
     def forward(self, src_tokens: Tensor, stream=None, features_only: bool = False, **unused):
         """src_tokens (B, L); ``stream``: the task's ``StreamState`` (memory in and out), or None.
@@ -217,23 +174,7 @@ class TransformerXLMSWALanguageModel(FairseqLanguageModel):
 
     @classmethod
     def build_model(cls, cfg, task):
-        dictionary = task.source_dictionary
-        dim = cfg.decoder_embed_dim
-        if cfg.adaptive_input:
-            embed_tokens = AdaptiveInput(
-                len(dictionary), dictionary.pad(), dim, cfg.adaptive_input_factor, dim,
-                options.eval_str_list(cfg.adaptive_input_cutoff, type=int),
-            )
-        else:
-            embed_tokens = nn.Embedding(len(dictionary), dim, padding_idx=dictionary.pad())
-            nn.init.normal_(embed_tokens.weight, mean=0, std=dim ** -0.5)
-            nn.init.constant_(embed_tokens.weight[dictionary.pad()], 0)
-        if cfg.tie_adaptive_weights:
-            if not (cfg.adaptive_input and cfg.adaptive_softmax_cutoff):
-                raise ValueError("--tie-adaptive-weights needs --adaptive-input and --adaptive-softmax-cutoff")
-            if (cfg.adaptive_input_factor != cfg.adaptive_softmax_factor
-                    or cfg.adaptive_input_cutoff != cfg.adaptive_softmax_cutoff):
-                raise ValueError("--tie-adaptive-weights needs equal adaptive input/softmax factors and cutoffs")
+        embed_tokens = build_input_embedding(cfg, task.source_dictionary)
         return cls(TransformerXLMSWADecoder(cfg, task.target_dictionary, embed_tokens))
 
     def forward(self, src_tokens, src_lengths=None, stream=None, **kwargs):

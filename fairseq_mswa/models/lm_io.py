@@ -1,0 +1,86 @@
+"""Input embedding and output layer shared by the plugin's language models, with fairseq's
+AdaptiveInput / AdaptiveSoftmax options named as in fairseq's ``transformer_lm`` (Wikitext-103's
+267k vocabulary: ``--adaptive-input --adaptive-softmax-cutoff 20000,60000 --tie-adaptive-weights``).
+"""
+
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+from fairseq import options
+from fairseq.modules import AdaptiveInput, AdaptiveSoftmax
+from torch import nn
+
+from .window_config import WindowAttentionConfig
+
+
+@dataclass
+class LanguageModelIOConfig(WindowAttentionConfig):
+    no_scale_embedding: bool = field(default=False, metadata={"help": "don't scale embeddings by sqrt(dim)"})
+    share_decoder_input_output_embed: bool = field(
+        default=True, metadata={"help": "tie input embedding and output projection"}
+    )
+    adaptive_input: bool = field(default=False, metadata={"help": "use fairseq's AdaptiveInput"})
+    adaptive_input_factor: float = field(default=4, metadata={"help": "adaptive input factor"})
+    adaptive_input_cutoff: Optional[str] = field(
+        default=None, metadata={"help": "comma separated list of adaptive input cutoff points"}
+    )
+    adaptive_softmax_cutoff: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "comma separated list of adaptive softmax cutoff points (use with "
+            "--criterion adaptive_loss and --ddp-backend legacy_ddp)"
+        },
+    )
+    adaptive_softmax_dropout: float = field(
+        default=0, metadata={"help": "dropout of the adaptive softmax tail projections"}
+    )
+    adaptive_softmax_factor: float = field(default=4, metadata={"help": "adaptive softmax factor"})
+    tie_adaptive_weights: bool = field(
+        default=False, metadata={"help": "tie the adaptive input and adaptive softmax weights"}
+    )
+    tie_adaptive_proj: bool = field(
+        default=False, metadata={"help": "tie the adaptive input and softmax projections"}
+    )
+
+
+def build_input_embedding(cfg, dictionary) -> nn.Module:
+    """Token embedding (normal init, zero padding row) or fairseq's AdaptiveInput."""
+    dim = cfg.decoder_embed_dim
+    if cfg.tie_adaptive_weights:
+        if not (cfg.adaptive_input and cfg.adaptive_softmax_cutoff):
+            raise ValueError("--tie-adaptive-weights needs --adaptive-input and --adaptive-softmax-cutoff")
+        if (cfg.adaptive_input_factor != cfg.adaptive_softmax_factor
+                or cfg.adaptive_input_cutoff != cfg.adaptive_softmax_cutoff):
+            raise ValueError(
+                "--tie-adaptive-weights needs equal adaptive input/softmax factors and cutoffs"
+            )
+    if cfg.adaptive_input:
+        return AdaptiveInput(
+            len(dictionary), dictionary.pad(), dim, cfg.adaptive_input_factor, dim,
+            options.eval_str_list(cfg.adaptive_input_cutoff, type=int),
+        )
+    embed = nn.Embedding(len(dictionary), dim, padding_idx=dictionary.pad())
+    nn.init.normal_(embed.weight, mean=0, std=dim ** -0.5)
+    nn.init.constant_(embed.weight[dictionary.pad()], 0)
+    return embed
+
+
+def build_output(cfg, dictionary, embed_tokens) -> Tuple[Optional[AdaptiveSoftmax], Optional[nn.Linear]]:
+    """(adaptive_softmax, None) with --adaptive-softmax-cutoff, else (None, projection) tied to
+    the token embedding when --share-decoder-input-output-embed and no adaptive input."""
+    dim = cfg.decoder_embed_dim
+    if cfg.adaptive_softmax_cutoff is not None:
+        return AdaptiveSoftmax(
+            len(dictionary), dim,
+            options.eval_str_list(cfg.adaptive_softmax_cutoff, type=int),
+            dropout=cfg.adaptive_softmax_dropout,
+            adaptive_inputs=embed_tokens if cfg.tie_adaptive_weights else None,
+            factor=cfg.adaptive_softmax_factor,
+            tie_proj=cfg.tie_adaptive_proj,
+        ), None
+    projection = nn.Linear(dim, len(dictionary), bias=False)
+    if cfg.share_decoder_input_output_embed and not cfg.adaptive_input:
+        projection.weight = embed_tokens.weight
+    else:
+        nn.init.normal_(projection.weight, mean=0, std=dim ** -0.5)
+    return None, projection
