@@ -140,14 +140,34 @@ def _windowed_group(q, k, v, w, sinks, pos_scores, dropout_p, scale, bq):
     else:
         r = pos_scores.shape[-1]
         psb = F.pad(pos_scores, (0, 0, 0, qpad)).view(n, nb, bq, r)
-        bias = psb.gather(-1, dist.clamp(0, r - 1).expand(n, nb, bq, span))
-        if use_sinks:
-            idx = dist_sink.clamp(0, r - 1).expand(n, nb, bq, sinks)
-            bias = torch.cat([bias, psb.gather(-1, idx)], dim=-1)
-        attn_mask = bias.masked_fill(~mask, float("-inf"))
-    attend = _attend_small if kb.shape[2] <= SMALL_SPAN else F.scaled_dot_product_attention
+        if r == w:  # the XL case: one score per visible distance, laid out by a skew (no gather)
+            bias = _skew(psb, bq)
+            if use_sinks:  # sinks outside the window: clamped to the farthest distance w - 1
+                bias = torch.cat([bias, psb[..., w - 1:].expand(n, nb, bq, sinks)], dim=-1)
+        else:
+            bias = psb.gather(-1, dist.clamp(0, r - 1).expand(n, nb, bq, span))
+            if use_sinks:
+                idx = dist_sink.clamp(0, r - 1).expand(n, nb, bq, sinks)
+                bias = torch.cat([bias, psb.gather(-1, idx)], dim=-1)
+        attn_mask = bias + torch.zeros(mask.shape, dtype=bias.dtype, device=bias.device).masked_fill(
+            ~mask, float("-inf"))
+    # fused SDPA on CPU has no gradient for a float mask: with a differentiable bias it falls back
+    # to its (slower, safe-softmax) math path, so the plain path serves that case directly
+    small = kb.shape[2] <= SMALL_SPAN or (attn_mask.requires_grad and q.device.type == "cpu")
+    attend = _attend_small if small else F.scaled_dot_product_attention
     out = attend(qb, kb, vb, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
     return out.reshape(n, nb * bq, d)[:, :lq]
+
+
+def _skew(psb: torch.Tensor, bq: int) -> torch.Tensor:
+    """Scores by distance (..., bq, w) -> scores by key column (..., bq, bq + w - 1) of the
+    blocked layout: ``out[r, c] = psb[r, r + w - 1 - c]`` inside the window (0 <= r + w - 1 - c
+    < w), 0 outside (masked by the caller). Transformer-XL's relative shift: flip, pad each row
+    by ``bq`` and re-read the flat buffer with a row length one shorter, so row ``r`` moves
+    ``r`` columns right. Copies only; its backward is copies too (no scatter)."""
+    *lead, rows, w = psb.shape
+    flat = F.pad(psb.flip(-1), (0, bq)).reshape(*lead, rows * (w + bq))
+    return flat[..., : rows * (w + bq - 1)].view(*lead, rows, w + bq - 1)
 
 
 def _attend_small(q, k, v, attn_mask, dropout_p, scale):

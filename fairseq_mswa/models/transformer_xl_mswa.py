@@ -77,13 +77,12 @@ def memory_lengths(schedule: WindowSchedule, mem_len: int, tokens_per_sample: in
 class XLLayer(nn.Module):
     """Pre-norm block: x + attn(LN(x), memory) then x + FFN(LN(x))."""
 
-    def __init__(self, cfg, windows, sink_tokens: int):
+    def __init__(self, cfg, windows):
         super().__init__()
         dim = cfg.decoder_embed_dim
         self.attn_norm = nn.LayerNorm(dim)
         self.attn = RelMultiheadWindowAttention(
-            dim, cfg.decoder_attention_heads, windows, sink_tokens,
-            cfg.attention_dropout, str(cfg.attn_backend),
+            dim, cfg.decoder_attention_heads, windows, cfg.attention_dropout, str(cfg.attn_backend),
         )
         self.ffn_norm = nn.LayerNorm(dim)
         self.fc1 = nn.Linear(dim, cfg.decoder_ffn_embed_dim)
@@ -91,11 +90,15 @@ class XLLayer(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.activation_dropout = nn.Dropout(cfg.activation_dropout)
 
-    def forward(self, x: Tensor, memory: Tensor, sink_tokens: int) -> Tensor:
-        """x (B, L, E), memory (B, M, E): states that entered this layer before x -> (B, L, E)."""
+    def forward(self, x: Tensor, memory: Tensor, memory_start: int, sinks: Tensor,
+                num_sinks: int) -> Tensor:
+        """x (B, L, E); memory (B, M, E): the states that entered this layer at stream positions
+        [memory_start, memory_start + M), right before x; sinks (B, S, E): those at [0, S).
+        Returns (B, L, E)."""
         h = self.attn_norm(x)
         mem = self.attn_norm(memory) if memory.shape[1] else None
-        x = x + self.dropout(self.attn(h, mem, sink_tokens))
+        snk = self.attn_norm(sinks) if sinks.shape[1] else None
+        x = x + self.dropout(self.attn(h, mem, memory_start, snk, num_sinks))
         h = self.fc2(self.activation_dropout(torch.relu(self.fc1(self.ffn_norm(x)))))
         return x + self.dropout(h)
 
@@ -105,7 +108,6 @@ class TransformerXLMSWADecoder(FairseqDecoder):
         super().__init__(dictionary)
         self.cfg = cfg
         self.schedule = schedule_from_config(cfg, cfg.decoder_layers, cfg.decoder_attention_heads)
-        self.sink_tokens = self.schedule.sink_tokens
         self.mem_lens = memory_lengths(self.schedule, cfg.mem_len, cfg.tokens_per_sample)
         # per stream set (split): memories between batches; detached, not in the state dict
         self.stream_memories = {}
@@ -114,7 +116,7 @@ class TransformerXLMSWADecoder(FairseqDecoder):
         self.embed_scale = 1.0 if cfg.no_scale_embedding else math.sqrt(dim)
         self.dropout = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(
-            XLLayer(cfg, self.schedule.layer(i), self.sink_tokens) for i in range(cfg.decoder_layers)
+            XLLayer(cfg, self.schedule.layer(i)) for i in range(cfg.decoder_layers)
         )
         self.final_norm = nn.LayerNorm(dim)
         self.adaptive_softmax, self.output_projection = build_output(cfg, dictionary, embed_tokens)
@@ -139,24 +141,25 @@ class TransformerXLMSWADecoder(FairseqDecoder):
         Returns features (B, L, E) and the new memories (detached)."""
         x = self.dropout(self.embed_scale * self.embed_tokens(src_tokens))
         b, length, _ = x.shape
-        k = self.sink_tokens
+        num_sinks = self.schedule.sink_tokens
         if mems is not None and (len(mems) != 2 * len(self.layers) + 1):
             mems = None  # a memory from another model shape (e.g. after --model-overrides)
         seen = int(mems[-1].item()) if mems is not None else 0  # tokens of the stream before x
+        empty = x.new_zeros(b, 0, x.shape[-1])
         new_mems = []
         for i, layer in enumerate(self.layers):
-            empty = x.new_zeros(b, 0, x.shape[-1])
             sinks = mems[2 * i] if mems is not None else empty  # stream positions [0, min(k, seen))
             memory = mems[2 * i + 1] if mems is not None else empty  # positions [seen - M, seen)
-            # keys: sink positions not already in memory, then memory, then the segment
-            prefix = sinks[:, : max(0, min(k, seen - memory.shape[1]))]
-            n_sink = min(k, seen + length)  # keys at stream positions < k
-            x_next = layer(x, torch.cat([prefix, memory], dim=1), n_sink)
-            if seen < k:
-                sinks = torch.cat([sinks, x[:, : k - seen]], dim=1).detach()
+            x_next = layer(x, memory, seen - memory.shape[1], sinks, num_sinks)
+            if seen < num_sinks:
+                sinks = torch.cat([sinks, x[:, : num_sinks - seen]], dim=1).detach()
             mem_len = self.mem_lens[i]
-            states = torch.cat([memory, x], dim=1).detach()
-            new_mems += [sinks, states[:, max(0, states.shape[1] - mem_len):]]
+            keep = min(mem_len, memory.shape[1] + length)
+            if keep <= length:
+                states = x[:, length - keep:].detach()
+            else:
+                states = torch.cat([memory[:, memory.shape[1] - (keep - length):], x.detach()], dim=1)
+            new_mems += [sinks, states]
             x = x_next
         new_mems.append(torch.tensor(seen + length))
         return self.final_norm(x), new_mems

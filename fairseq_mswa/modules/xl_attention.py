@@ -1,30 +1,58 @@
 """Transformer-XL relative multi-head attention with one window per head (MSWA).
 
-Score of query ``i`` and key ``j`` (Dai et al. 2019, Eq. in Sec. 3.3, terms (a)+(c) and (b)+(d)):
+Score of query ``i`` and key ``j`` (Dai et al. 2019, Sec. 3.3, terms (a)+(c) and (b)+(d)):
 
     ((q_i + u) . k_j  +  (q_i + v) . W_r R[i - j]) / sqrt(head_dim)
 
-The content term goes to ``window_attention`` as queries ``q + u``; the position term is computed
-only for the distances a head can see (``0 .. R - 1``, R = the layer's largest window, or every key
-when a head is full) and passed as ``pos_scores``, so windowed layers stay O(n w).
-Keys and values come from ``[memory; segment]``: the segment's query ``i`` sits at key position
-``len(memory) + i``.
+Heads are computed per *window group* (heads that share a window; MSWA has 4 groups per layer), so
+every head's work is proportional to its own window, as the cost model says:
+
+* keys / values: a group with window ``w`` projects only the last ``w - 1`` memory states it can
+  see (plus the segment and the sink states it needs), not the layer's whole memory;
+* position term: a group gets scores for the distances ``0 .. R - 1`` it can see (``R = w``, or
+  every key for a full head), computed as one matmul and handed to ``window_attention`` as
+  ``pos_scores`` (the kernel adds it by distance);
+* sinks (SWAA "keep first"): a sink outside a head's window gets the position term of that
+  window's farthest distance ``w - 1`` (Transformer-XL's ``clamp_len``), whatever the segmentation.
+
+Memory layout (what the decoder hands over): ``memory`` holds the states at stream positions
+``[memory_start, memory_start + M)``, right before the segment; ``sinks`` holds the states at
+positions ``[0, S)``, ``S = min(num_sinks, memory_start + M)`` (they may overlap the memory).
 """
 
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..kernels.window_attention import window_attention
 from .relative_positions import RelativeSinusoid
 
+Window = Optional[int]
+
+
+def window_groups(windows: Sequence[Window]) -> List[Tuple[Window, List[int]]]:
+    """Heads grouped by window, in order of first appearance: ``[(w, [heads])]``."""
+    groups = {}
+    for h, w in enumerate(windows):
+        groups.setdefault(w, []).append(h)
+    return list(groups.items())
+
+
+def _selector(heads: Sequence[int], size: int = 1, offset: int = 0):
+    """Rows ``offset + h * size + [0, size)`` for ``heads``: a slice when the heads are
+    consecutive (a view, no copy), else an index tensor."""
+    if list(heads) == list(range(heads[0], heads[0] + len(heads))):
+        return slice(offset + heads[0] * size, offset + (heads[-1] + 1) * size)
+    return torch.tensor([offset + h * size + i for h in heads for i in range(size)])
+
 
 class RelMultiheadWindowAttention(nn.Module):
-    """(B, L, E) segment + (B, M, E) memory -> (B, L, E)."""
+    """(B, L, E) segment + (B, M, E) memory (+ sink states) -> (B, L, E)."""
 
-    def __init__(self, embed_dim: int, num_heads: int, windows: Sequence[Optional[int]],
-                 sink_tokens: int = 0, attention_dropout: float = 0.0, backend: str = "auto"):
+    def __init__(self, embed_dim: int, num_heads: int, windows: Sequence[Window],
+                 attention_dropout: float = 0.0, backend: str = "auto"):
         super().__init__()
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} is not divisible by {num_heads} heads")
@@ -33,7 +61,6 @@ class RelMultiheadWindowAttention(nn.Module):
         self.embed_dim, self.num_heads = embed_dim, num_heads
         self.head_dim = embed_dim // num_heads
         self.windows = tuple(windows)
-        self.sink_tokens = sink_tokens
         self.attention_dropout = attention_dropout
         self.backend = backend
         self.qkv_proj = nn.Linear(embed_dim, 3 * embed_dim, bias=False)
@@ -42,36 +69,63 @@ class RelMultiheadWindowAttention(nn.Module):
         self.u_bias = nn.Parameter(torch.zeros(num_heads, self.head_dim))
         self.v_bias = nn.Parameter(torch.zeros(num_heads, self.head_dim))
         self.positions = RelativeSinusoid(embed_dim)
+        self.groups = window_groups(self.windows)
+        order = [h for _, heads in self.groups for h in heads]
+        self._in_order = order == list(range(num_heads))
+        # output columns in group order (only used when the groups are not consecutive)
+        self._out_cols = None if self._in_order else _selector(order, self.head_dim)
 
     @property
-    def max_window(self) -> Optional[int]:
+    def max_window(self) -> Window:
         return None if any(w is None for w in self.windows) else max(self.windows)
 
-    def num_distances(self, num_keys: int) -> int:
-        """R: distances that get their own position score. Beyond R - 1 the kernel clamps to
-        R - 1 (Transformer-XL's clamp_len): only sink keys outside the window are that far, so
-        they all get the window's farthest distance, whatever the segmentation."""
-        if self.max_window is None:
-            return num_keys
-        return min(self.max_window, num_keys)
+    def memory_needed(self, window: Window, memory_len: int) -> int:
+        """How many of the last memory states a head group with ``window`` reads."""
+        return memory_len if window is None else min(memory_len, window - 1)
 
-    def forward(self, x: torch.Tensor, memory: Optional[torch.Tensor] = None,
-                sink_tokens: int = 0) -> torch.Tensor:
-        """x: (B, L, E); memory: (B, M, E) or None; sink_tokens: how many of the first keys are sinks."""
-        b, length, _ = x.shape
-        h, d = self.num_heads, self.head_dim
-        kv_in = x if memory is None or memory.shape[1] == 0 else torch.cat([memory, x], dim=1)
-        q = self.qkv_proj.weight[: self.embed_dim]
-        q = nn.functional.linear(x, q).view(b, length, h, d).transpose(1, 2)
-        kv = nn.functional.linear(kv_in, self.qkv_proj.weight[self.embed_dim:])
-        k, v = kv.view(b, -1, 2, h, d).permute(2, 0, 3, 1, 4)
+    def forward(self, x: torch.Tensor, memory: Optional[torch.Tensor] = None, memory_start: int = 0,
+                sinks: Optional[torch.Tensor] = None, num_sinks: int = 0) -> torch.Tensor:
+        """x (B, L, E); memory (B, M, E) = states at stream positions [memory_start,
+        memory_start + M); sinks (B, S, E) = states at positions [0, S), S = min(num_sinks,
+        memory_start + M); num_sinks = the schedule's sink count. Returns (B, L, E)."""
+        b, length, e = x.shape
+        d = self.head_dim
+        m_len = 0 if memory is None else memory.shape[1]
+        seen = memory_start + m_len  # stream position of x[:, 0]
+        sinks_in_keys = min(num_sinks, seen + length)  # keys at stream positions < num_sinks
         scale = d ** -0.5
-        r = self.r_proj(self.positions(self.num_distances(k.shape[2]), x.dtype)).view(-1, h, d)
-        pos_scores = torch.einsum("bhld,rhd->bhlr", q + self.v_bias[:, None], r) * scale
-        out = window_attention(
-            q + self.u_bias[:, None], k, v, self.windows,
-            sink_tokens=sink_tokens, pos_scores=pos_scores,
-            dropout_p=self.attention_dropout if self.training else 0.0,
-            scale=scale, backend=self.backend,
-        )
-        return self.out_proj(out.transpose(1, 2).reshape(b, length, self.embed_dim))
+        weight = self.qkv_proj.weight
+        # the segment's queries, keys and values for every head in one matmul; memory (and sink)
+        # states are projected per group, only as many as the group's window reaches
+        qkv = F.linear(x, weight).view(b, length, 3, self.num_heads, d)
+        q, k_seg, v_seg = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, L, D)
+        dropout_p = self.attention_dropout if self.training else 0.0
+        outs = []
+        for w, heads in self.groups:
+            g, sel = len(heads), _selector(heads)
+            m = self.memory_needed(w, m_len)
+            start = seen - m  # stream position of the first memory state this group reads
+            n_prefix = 0 if sinks is None else max(0, min(sinks.shape[1], start))
+            k, v = k_seg[:, sel], v_seg[:, sel]
+            if n_prefix or m:
+                parts = ([sinks[:, :n_prefix]] if n_prefix else []) + ([memory[:, m_len - m:]] if m else [])
+                past = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+                rows = _selector(heads, d)
+                kv_past = F.linear(past, torch.cat([weight[e:2 * e][rows], weight[2 * e:][rows]]))
+                k_past, v_past = kv_past.view(b, -1, 2, g, d).permute(2, 0, 3, 1, 4)
+                k, v = torch.cat([k_past, k], dim=2), torch.cat([v_past, v], dim=2)
+            lk = k.shape[2]
+            qg = q[:, sel]
+            num_dist = lk if w is None else min(w, lk)
+            r = F.linear(self.positions(num_dist, x.dtype), self.r_proj.weight[_selector(heads, d)])
+            r = r.view(num_dist, g, d).permute(1, 2, 0)  # (G, D, R)
+            pos_scores = torch.matmul((qg + self.v_bias[sel, None]) * scale, r)  # (B, G, L, R)
+            outs.append(window_attention(
+                qg + self.u_bias[sel, None], k, v, [w] * g, sink_tokens=sinks_in_keys,
+                pos_scores=pos_scores, dropout_p=dropout_p, scale=scale, backend=self.backend,
+            ))
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+        out = out.transpose(1, 2).reshape(b, length, e)
+        w_out = self.out_proj.weight if self._in_order else self.out_proj.weight[:, self._out_cols]
+        return F.linear(out, w_out)
+
