@@ -157,3 +157,19 @@ def test_blocked_skew_equals_gather(w, bq, sinks):
         g2 = torch.autograd.grad(ref.square().sum(), [q, k, v, ps])
         for a, b in zip(g1, g2):
             assert torch.allclose(a, b, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("mem", [0, 6])
+def test_full_head_relative_shift_equals_dense(mem):
+    """Full heads with one score per key distance (R == Lk) use the relative shift."""
+    torch.manual_seed(2)
+    q = torch.randn(1, 2, 11, 8, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(1, 2, 11 + mem, 8, dtype=torch.float64, requires_grad=True)
+    v = torch.randn_like(k, requires_grad=True)
+    ps = torch.randn(1, 2, 11, 11 + mem, dtype=torch.float64, requires_grad=True)
+    got = blocked_mod.blocked_window_attention(q, k, v, [None, None], sink_tokens=1, pos_scores=ps)
+    ref = dense_window_attention(q, k, v, [None, None], sink_tokens=1, pos_scores=ps)
+    assert torch.allclose(got, ref, rtol=1e-10, atol=1e-11)
+    for a, b in zip(torch.autograd.grad(got.square().sum(), [q, k, v, ps]),
+                    torch.autograd.grad(ref.square().sum(), [q, k, v, ps])):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-10)
