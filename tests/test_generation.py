@@ -120,3 +120,67 @@ def test_empty_prompt_and_replayed_tokens_are_clear_errors():
     m.decoder(tok[:, :5], incremental_state=state)
     with pytest.raises(ValueError, match="5 are cached"):
         m.decoder(tok[:, :5], incremental_state=state)
+
+
+# --- sampling the fairseq way: fairseq-interactive and the hub interface ------------------------
+
+PROMPT_TEXT = "w3 w4 w5"
+
+
+def _train(data, save, arch, task, updates, *extra):
+    _run(_cli("train") + [
+        str(data), "--user-dir", str(USER_DIR), "--task", task, "--arch", arch,
+        "--tokens-per-sample", "64", "--cpu", "--num-workers", "0", "--optimizer", "adam",
+        "--lr", "3e-3", "--batch-size", "8", "--max-update", str(updates), "--save-dir", str(save),
+        "--no-epoch-checkpoints", "--log-format", "simple", "--seed", "1", "--disable-validation",
+        *extra,
+    ], timeout=180)
+    return save / "checkpoint_last.pt"
+
+
+def test_sampling_with_fairseq_interactive_and_hub(tiny_corpus, tmp_path):
+    """A tiny linear_mswa learns the counting corpus in 30 updates; fairseq-interactive (both tasks)
+    and the hub's ``sample`` continue a prompt; decode_full_attention is a model override; a
+    checkpoint of another architecture is refused by name."""
+    ckpt = _train(tiny_corpus, tmp_path / "lin", "linear_mswa_tiny", "language_modeling", 30,
+                  "--sample-break-mode", "none")
+    for task in ("language_modeling", "mswa_lm"):
+        out = subprocess.run(
+            _cli("interactive") + [
+                str(tiny_corpus), "--user-dir", str(USER_DIR), "--task", task, "--path", str(ckpt),
+                "--sampling", "--sampling-topk", "3", "--beam", "1", "--cpu", "--seed", "2",
+                "--model-overrides", "{'decode_full_attention': True}",
+            ],
+            input=PROMPT_TEXT + "\n", capture_output=True, text=True, timeout=120,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        hypo = [line.split("\t")[2] for line in out.stdout.splitlines() if line.startswith("H-0")]
+        assert hypo and hypo[0].startswith(PROMPT_TEXT + " "), out.stdout[-2000:]
+        assert len(hypo[0].split()) > len(PROMPT_TEXT.split())
+
+    hub = LinearMSWALanguageModel.from_pretrained(
+        str(ckpt.parent), checkpoint_file=ckpt.name, data_name_or_path=str(tiny_corpus),
+        user_dir=str(USER_DIR),
+    )
+    torch.manual_seed(0)
+    text = hub.sample(PROMPT_TEXT, sampling=True, sampling_topk=3, beam=1, max_len_b=20)
+    words = text.split()
+    assert words[:3] == PROMPT_TEXT.split() and len(words) > 3
+    # the corpus counts: the learned model continues w3 w4 w5 with w6 far above chance (1/30)
+    d = hub.src_dict
+    src = torch.tensor([[d.eos()] + [d.index(w) for w in PROMPT_TEXT.split()]])
+    with torch.no_grad():
+        lprobs = hub.models[0].get_normalized_probs(hub.models[0](src), log_probs=True)
+    assert lprobs[0, -1, d.index("w6")].exp() > 0.2
+    over = LinearMSWALanguageModel.from_pretrained(
+        str(ckpt.parent), checkpoint_file=ckpt.name, data_name_or_path=str(tiny_corpus),
+        user_dir=str(USER_DIR), decode_full_attention=True,
+    )
+    assert over.models[0].decoder.cfg.decode_full_attention is True
+
+    xl = _train(tiny_corpus, tmp_path / "xl", "transformer_xl_mswa_tiny", "mswa_lm", 1)
+    with pytest.raises(ValueError, match="TransformerXLMSWALanguageModel.from_pretrained"):
+        LinearMSWALanguageModel.from_pretrained(
+            str(xl.parent), checkpoint_file=xl.name, data_name_or_path=str(tiny_corpus),
+            user_dir=str(USER_DIR),
+        )
