@@ -148,3 +148,16 @@ def test_recurrent_state_cache_interface():
     c.reorder(torch.tensor([2, 2, 0]))
     assert c.state[1].tolist() == [2.0, 2.0, 0.0] and c.nbytes() == 9 * 4
 
+
+
+def test_growing_buffers_reserve_and_grow_without_copy_per_step():
+    q, k, v = _qkv()
+    ref = dense_window_attention(q, k, v, WINDOWS, sink_tokens=1)
+    cache = WindowKVCache(WINDOWS, sink_tokens=1)
+    cache.reserve(41)
+    first = _run_chunks(cache, q, k, v, [10])
+    full_group = cache.groups[2]
+    ptr = full_group.k.data_ptr()
+    rest = _run_chunks(cache, q[:, :, 10:], k[:, :, 10:], v[:, :, 10:], [1] * 31)
+    assert full_group.k.data_ptr() == ptr and full_group.k.shape[2] == 41  # same storage
+    torch.testing.assert_close(torch.cat([first, rest], 2), ref, rtol=1e-10, atol=1e-10)

@@ -13,6 +13,11 @@ L), ``linear_mswa_la_swa`` (LAA, swa 128), ``linear_mswa_la_mswa`` (= ``linear_m
 ``linear_mswa_mswa`` (all A, mswa 128), and ``linear_mswa_tiny`` for tests. The same presets for
 fairseq-hydra-train are ``configs/model/linear_mswa*.yaml``.
 
+Decoding: fairseq's ``incremental_state`` holds one cache per layer (``modules/kv_cache.py``: the
+per-head rolling ``WindowKVCache`` of a local layer, the recurrent state of a linear one);
+``decode_full_attention`` (a config field, settable with ``--model-overrides``) is SWAA's
+full-attention decode. Sampling: fairseq-interactive / the hub interface (README, "Sampling").
+
 Cost: ``local_layer_indices`` / ``linear_layer_indices`` give the map from layers to the schedule that
 ``fairseq_mswa.cost`` uses (a linear layer costs ``schedule.linear_attention_layer_cost()``).
 """

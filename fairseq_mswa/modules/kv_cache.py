@@ -67,6 +67,8 @@ class _Group:
         self.sink_k: Optional[Tensor] = None  # (B, G, sinks, D)
         self.sink_v: Optional[Tensor] = None
         self.sink_pos: Optional[Tensor] = None
+        self._kbuf = self._vbuf = self._pbuf = None  # growing buffers' storage (capacity)
+        self.capacity = 0  # tokens to reserve at the first allocation of a growing buffer
 
     def allocate(self, like: Tensor) -> None:
         b, _, _, d = like.shape
@@ -90,15 +92,43 @@ class _Group:
             self.sink_v[:, :, start:start + m] = v[:, :, :m]
             self.sink_pos[start:start + m] = positions[:m]
         if self.grows:
-            self.k = torch.cat([self.k, k], dim=2)
-            self.v = torch.cat([self.v, v], dim=2)
-            self.pos = torch.cat([self.pos, positions])
+            self._append(k, v, positions)
+            return
+        if length == 1:  # decoding: one slot, plain copies
+            slot = start % self.window
+            self.k[:, :, slot] = k[:, :, 0]
+            self.v[:, :, slot] = v[:, :, 0]
+            self.pos[slot] = start
             return
         keep = min(length, self.window)
         slots = positions[-keep:] % self.window
         self.k[:, :, slots] = k[:, :, -keep:]
         self.v[:, :, slots] = v[:, :, -keep:]
         self.pos[slots] = positions[-keep:]
+
+    def _append(self, k: Tensor, v: Tensor, positions: Tensor) -> None:
+        """Growing buffer: k, v, pos are views of the first n slots of buffers whose capacity
+        grows by half when full (amortised O(1) per token instead of a copy of the cache per
+        step), or is ``capacity`` tokens from the start when reserved."""
+        n, need = self.k.shape[2], self.k.shape[2] + k.shape[2]
+        if self._kbuf is None or need > self._kbuf.shape[2]:
+            cap = max(need, n + n // 2, 16, self.capacity)
+            kbuf = k.new_empty(k.shape[0], k.shape[1], cap, k.shape[3])
+            vbuf = v.new_empty(kbuf.shape)
+            pbuf = positions.new_full((cap,), -1)
+            kbuf[:, :, :n], vbuf[:, :, :n], pbuf[:n] = self.k, self.v, self.pos
+            self._kbuf, self._vbuf, self._pbuf = kbuf, vbuf, pbuf
+        self._kbuf[:, :, n:need] = k
+        self._vbuf[:, :, n:need] = v
+        self._pbuf[n:need] = positions
+        self.k, self.v, self.pos = self._kbuf[:, :, :need], self._vbuf[:, :, :need], self._pbuf[:need]
+
+    def reorder(self, new_order: Tensor) -> None:
+        for name in ("k", "v", "sink_k", "sink_v"):
+            t = getattr(self, name)
+            if t is not None:
+                setattr(self, name, t.index_select(0, new_order))
+        self._kbuf = self._vbuf = self._pbuf = None  # the next append re-allocates
 
     def tensors(self) -> List[Tensor]:
         return [t for t in (self.k, self.v, self.sink_k, self.sink_v) if t is not None]
@@ -150,14 +180,18 @@ class WindowKVCache:
     def reorder(self, new_order: Tensor) -> None:
         """Select / reorder the batch rows (beam search): row i becomes old row new_order[i]."""
         for g in self.groups:
-            for name in ("k", "v", "sink_k", "sink_v"):
-                t = getattr(g, name)
-                if t is not None:
-                    setattr(g, name, t.index_select(0, new_order))
+            g.reorder(new_order)
 
     def nbytes(self) -> int:
-        """Bytes held by the cache tensors (positions bookkeeping excluded)."""
+        """Bytes of the keys/values held (positions bookkeeping excluded; a growing buffer counts
+        its tokens, not the spare capacity it reserves in doublings)."""
         return sum(t.numel() * t.element_size() for g in self.groups for t in g.tensors())
+
+    def reserve(self, tokens: int) -> None:
+        """Allocate growing buffers (full heads, ``keep_all``) for ``tokens`` tokens at once, so
+        that decoding up to that length never re-allocates (ring buffers have a fixed size)."""
+        for g in self.groups:
+            g.capacity = int(tokens)
 
     def set_full_attention_from(self, position: int) -> None:
         """Queries at positions >= ``position`` see every earlier key (needs ``keep_all``)."""
@@ -221,6 +255,26 @@ class WindowKVCache:
             out.append(Segment(k, v, pos, dist, visible))
         return out
 
+    def _decode_keys(self, group: int, position: int) -> Optional[List[Tuple[Tensor, Tensor]]]:
+        """Decode-step fast path (after the token at ``position`` was written): the (k, v) pieces
+        the query sees *entirely*, so no mask is needed; None when a mask is (a ring still
+        filling, a windowed growing buffer)."""
+        g = self.groups[group]
+        if g.grows:
+            if g.window is None or (self.full_attention_from is not None
+                                    and position >= self.full_attention_from):
+                return [(g.k, g.v)]  # every cached key: positions 0 .. position
+            return None
+        if position + 1 < g.window:
+            return None
+        # the ring holds exactly positions position - w + 1 .. position: all visible; the sinks
+        # outside the window (j <= position - w) come from the sink store
+        pieces = [(g.k, g.v)]
+        outside = min(g.sinks, position - g.window + 1)
+        if outside > 0:
+            pieces.insert(0, (g.sink_k[:, :, :outside], g.sink_v[:, :, :outside]))
+        return pieces
+
     def attend(self, q: Tensor, k: Tensor, v: Tensor, *, pos_scores: Optional[Tensor] = None,
                scale: Optional[float] = None) -> Tensor:
         """Attend the next L tokens to the cache, then store their keys/values.
@@ -257,6 +311,10 @@ class WindowKVCache:
                 g.write(kg, vg, start)
         outs = []
         for gi, (qg, kg, vg, pg) in enumerate(zip(qs, ks, vs, ps)):
+            pieces = self._decode_keys(gi, start) if write_first and pg is None else None
+            if pieces is not None:
+                outs.append(_attend_unmasked(qg, pieces, scale))
+                continue
             if write_first:
                 segs = self.segments(gi, qpos)
             else:
@@ -295,6 +353,23 @@ def _attend_segments(q: Tensor, segs: List[Segment], pos_scores: Optional[Tensor
         o = torch.matmul(probs[..., offset:offset + n], s.v)
         out = o if out is None else out + o
         offset += n
+    return out
+
+
+def _attend_unmasked(q: Tensor, pieces: List[Tuple[Tensor, Tensor]], scale: float) -> Tensor:
+    """Softmax attention of q (B, G, 1, D) over every key of the (k, v) pieces (no mask)."""
+    acc = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    if len(pieces) == 1:
+        k, v = pieces[0]
+        probs = torch.softmax(torch.matmul(q * scale, k.transpose(-1, -2)).to(acc), dim=-1)
+        return torch.matmul(probs.to(q.dtype), v)
+    scores = torch.cat([torch.matmul(q * scale, k.transpose(-1, -2)) for k, _ in pieces], -1)
+    probs = torch.softmax(scores.to(acc), dim=-1).to(q.dtype)
+    out, offset = None, 0
+    for k, v in pieces:
+        o = torch.matmul(probs[..., offset:offset + k.shape[2]], v)
+        out = o if out is None else out + o
+        offset += k.shape[2]
     return out
 
 
