@@ -19,7 +19,7 @@ dominate the run.
 * patterns: ``full``, ``swa`` (window ``--base-window``), ``mswa`` (Table 1 schedule, same base).
 * sweeps: batch (context ``--batch-context``) and context (batch ``--context-batch``).
 * tokens/s = batch x timed steps / time (best of ``--reps`` timings of ``--steps`` steps, after a
-  warm-up step); KV bytes = ``nbytes()`` of the cache tensors after the context (per run, all
+  warm-up step; the three patterns of a point are timed interleaved, rep by rep); KV bytes = ``nbytes()`` of the cache tensors after the context (per run, all
   sequences of the batch).
 * configurations whose full-attention cache would exceed ``--max-cache-gb`` are skipped (null).
 
@@ -98,8 +98,9 @@ def sync(device):
 
 
 @torch.no_grad()
-def measure(model, batch, context, steps, reps, device, dtype, vocab):
-    """(tokens/s, cache bytes) of ``steps`` decode steps after ``context`` cached tokens."""
+def prepare(model, batch, context, total, device, dtype, vocab):
+    """Caches holding ``context`` random keys/values, and tokens for ``total`` steps; returns a
+    step function (one decode step of every sequence) and the cache bytes."""
     dec = model.decoder
     heads = dec.cfg.decoder_attention_heads
     head_dim = dec.cfg.decoder_embed_dim // heads
@@ -107,28 +108,42 @@ def measure(model, batch, context, steps, reps, device, dtype, vocab):
     kv = torch.randn(batch, heads, context, head_dim, device=device, dtype=dtype, generator=gen)
     state = {}
     caches = dec.init_caches()
-    total = 1 + steps * reps
     for cache in caches:
         cache.reserve(context + total)  # full heads: one allocation, no copy while timing
         cache.update(kv, kv)
     dec.set_caches(state, caches)
     del kv
-    nbytes = dec.cache_nbytes(state)
     tokens = torch.randint(4, vocab, (batch, context + total), device=device, generator=gen)
-    t = context
-    dec(tokens[:, : t + 1], incremental_state=state)  # warm-up
-    t += 1
-    best = float("inf")
-    for _ in range(reps):
-        sync(device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            logits = dec(tokens[:, : t + 1], incremental_state=state)[0]
-            t += 1
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-    assert logits.shape == (batch, 1, vocab)
-    return batch * steps / best, nbytes
+    position = [context]
+
+    @torch.no_grad()
+    def step():
+        t = position[0]
+        logits = dec(tokens[:, : t + 1], incremental_state=state)[0]
+        assert logits.shape == (batch, 1, vocab)
+        position[0] = t + 1
+
+    return step, dec.cache_nbytes(state)
+
+
+def measure_point(models, batch, context, args, device, dtype):
+    """{pattern: (tokens/s, cache bytes)}: the patterns are timed interleaved, rep by rep, so that
+    load from elsewhere hits them alike; the best of ``reps`` timings of ``steps`` steps is kept."""
+    total = 1 + args.steps * args.reps
+    runs = {p: prepare(m, batch, context, total, device, dtype, args.vocab)
+            for p, m in models.items()}
+    best = {p: float("inf") for p in runs}
+    for step, _ in runs.values():
+        step()  # warm-up
+    for _ in range(args.reps):
+        for p, (step, _) in runs.items():
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                step()
+            sync(device)
+            best[p] = min(best[p], time.perf_counter() - start)
+    return {p: (batch * args.steps / best[p], runs[p][1]) for p in runs}
 
 
 def run(args):
@@ -139,22 +154,16 @@ def run(args):
     configs = [("batch", b, args.batch_context) for b in args.batches]
     configs += [("context", args.context_batch, c) for c in args.contexts]
     rows = []
-    bar = tqdm(total=len(configs) * len(PATTERNS), desc="decode", unit="run")
-    for sweep, batch, context in configs:
+    for sweep, batch, context in tqdm(configs, desc="decode", unit="point"):
+        skipped = {p: f"cache {cache_gb(m, batch, context, dtype):.1f} GB > --max-cache-gb "
+                      f"{args.max_cache_gb}"
+                   for p, m in models.items() if cache_gb(m, batch, context, dtype) > args.max_cache_gb}
+        measured = measure_point({p: m for p, m in models.items() if p not in skipped},
+                                 batch, context, args, device, dtype)
         for pattern in PATTERNS:
-            model = models[pattern]
-            row = dict(sweep=sweep, pattern=pattern, batch=batch, context=context,
-                       tokens_per_s=None, kv_bytes=None, skipped=None)
-            gb = cache_gb(model, batch, context, dtype)
-            if gb > args.max_cache_gb:
-                row["skipped"] = f"cache {gb:.1f} GB > --max-cache-gb {args.max_cache_gb}"
-            else:
-                row["tokens_per_s"], row["kv_bytes"] = measure(
-                    model, batch, context, args.steps, args.reps, device, dtype, args.vocab)
-            rows.append(row)
-            bar.set_postfix(batch=batch, context=context, pattern=pattern)
-            bar.update()
-    bar.close()
+            tps, nbytes = measured.get(pattern, (None, None))
+            rows.append(dict(sweep=sweep, pattern=pattern, batch=batch, context=context,
+                             tokens_per_s=tps, kv_bytes=nbytes, skipped=skipped.get(pattern)))
     return rows
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 Window = Optional[int]  # None = full attention
@@ -359,10 +360,9 @@ def _attend_segments(q: Tensor, segs: List[Segment], pos_scores: Optional[Tensor
 def _attend_unmasked(q: Tensor, pieces: List[Tuple[Tensor, Tensor]], scale: float) -> Tensor:
     """Softmax attention of q (B, G, 1, D) over every key of the (k, v) pieces (no mask)."""
     acc = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
-    if len(pieces) == 1:
+    if len(pieces) == 1:  # one fused kernel (half precision: softmax in float32 inside SDPA)
         k, v = pieces[0]
-        probs = torch.softmax(torch.matmul(q * scale, k.transpose(-1, -2)).to(acc), dim=-1)
-        return torch.matmul(probs.to(q.dtype), v)
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
     scores = torch.cat([torch.matmul(q * scale, k.transpose(-1, -2)) for k, _ in pieces], -1)
     probs = torch.softmax(scores.to(acc), dim=-1).to(q.dtype)
     out, offset = None, 0
