@@ -20,4 +20,5 @@ except ImportError:  # pure-Python parts (schedule, cost) stay usable without fa
     fairseq = None
 
 if fairseq is not None:
+    from . import compat  # noqa: F401,E402  (fairseq 0.12 under NumPy 2)
     from . import models, tasks  # noqa: F401,E402

@@ -77,7 +77,8 @@ def test_kernel_is_at_least_half():
 def test_chunked_equals_quadratic_forward_fp64(length, chunk_size):
     q, k, v = _qkv(length=length, dtype=torch.float64)
     ref = linear_attention_quadratic(q, k, v)
-    out = linear_attention_chunked(q, k, v, chunk_size=chunk_size)
+    out, state = linear_attention_chunked(q, k, v, chunk_size=chunk_size)
+    assert state is None
     assert out.shape == ref.shape
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
 
@@ -95,7 +96,7 @@ def test_chunked_quadratic_recurrent_outputs_and_grads_fp32(length, chunk_size):
         return out.detach(), [x.grad.clone() for x in (q, k, v)]
 
     ref, ref_g = run(lambda: linear_attention_quadratic(q, k, v))
-    chk, chk_g = run(lambda: linear_attention_chunked(q, k, v, chunk_size=chunk_size))
+    chk, chk_g = run(lambda: linear_attention_chunked(q, k, v, chunk_size=chunk_size)[0])
     rec, rec_g = run(lambda: linear_attention_recurrent(q, k, v)[0])
     for out, grads in ((chk, chk_g), (rec, rec_g)):
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
@@ -106,7 +107,7 @@ def test_chunked_quadratic_recurrent_outputs_and_grads_fp32(length, chunk_size):
 def test_gradcheck_chunked_fp64():
     q, k, v = _qkv(b=1, h=1, length=9, d=4, dv=3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(
-        lambda q, k, v: linear_attention_chunked(q, k, v, chunk_size=4), (q, k, v)
+        lambda q, k, v: linear_attention_chunked(q, k, v, chunk_size=4)[0], (q, k, v)
     )
 
 
@@ -158,7 +159,7 @@ def test_chunked_memory_is_linear_in_length():
             fn(q, k, v)
         return total
 
-    chunked = lambda q, k, v: linear_attention_chunked(q, k, v, chunk_size=64)  # noqa: E731
+    chunked = lambda q, k, v: linear_attention_chunked(q, k, v, chunk_size=64)[0]  # noqa: E731
     c1, c4 = saved_numel(chunked, 512), saved_numel(chunked, 2048)
     q1, q4 = saved_numel(linear_attention_quadratic, 512), saved_numel(linear_attention_quadratic, 2048)
     assert c4 / c1 < 4.5, (c1, c4)
@@ -167,7 +168,7 @@ def test_chunked_memory_is_linear_in_length():
 
 def test_half_precision_inputs_keep_dtype_and_match():
     q, k, v = _qkv(length=40)
-    out = linear_attention_chunked(q.bfloat16(), k.bfloat16(), v.bfloat16(), chunk_size=16)
+    out, _ = linear_attention_chunked(q.bfloat16(), k.bfloat16(), v.bfloat16(), chunk_size=16)
     assert out.dtype == torch.bfloat16
     ref = linear_attention_quadratic(q.bfloat16().float(), k.bfloat16().float(), v.bfloat16().float())
     torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2)
@@ -192,7 +193,7 @@ def test_fla_based_matches_chunked_on_cuda():
     if not fla_parallel_based_available(q):
         pytest.skip("fla-core not installed")
     torch.testing.assert_close(
-        fla_parallel_based(q, k, v), linear_attention_chunked(q, k, v), rtol=1e-3, atol=1e-3
+        fla_parallel_based(q, k, v), linear_attention_chunked(q, k, v)[0], rtol=1e-3, atol=1e-3
     )
 
 
@@ -219,11 +220,11 @@ def test_rope_before_feature_map_is_shift_invariant():
     """Shifting every position by a constant leaves linear attention outputs unchanged."""
     q, k, v = _qkv(length=40, d=16, dtype=torch.float64)
     rope = RotaryEmbedding(16)
-    out0 = linear_attention_chunked(*rope(q, k, offset=0), v, chunk_size=16)
-    out1 = linear_attention_chunked(*rope(q, k, offset=913), v, chunk_size=16)
+    out0, _ = linear_attention_chunked(*rope(q, k, offset=0), v, chunk_size=16)
+    out1, _ = linear_attention_chunked(*rope(q, k, offset=913), v, chunk_size=16)
     torch.testing.assert_close(out0, out1, rtol=1e-9, atol=1e-9)
     # and RoPE matters: the same tokens without rotation give another output
-    assert (linear_attention_chunked(q, k, v, chunk_size=16) - out0).abs().max() > 1e-3
+    assert (linear_attention_chunked(q, k, v, chunk_size=16)[0] - out0).abs().max() > 1e-3
 
 
 def test_rotary_half_precision_is_rotated_in_float32():
@@ -247,18 +248,26 @@ def test_linear_layer_shift_invariant_and_causal():
     torch.manual_seed(0)
     layer = TaylorLinearAttention(32, 4, feature_dim=8, chunk_size=8).double()
     x = torch.randn(2, 30, 32, dtype=torch.float64)
-    out = layer(x)
-    torch.testing.assert_close(layer(x, offset=500)[:, :], out, rtol=1e-9, atol=1e-9)
+    out, none = layer(x)
+    assert none is None
+    torch.testing.assert_close(layer(x, offset=500)[0], out, rtol=1e-9, atol=1e-9)
     x2 = x.clone()
     x2[:, 20:] += 1.0
-    torch.testing.assert_close(layer(x2)[:, :20], out[:, :20])
-    # decoding token by token with the recurrent state == the parallel form
-    state, outs = None, []
+    torch.testing.assert_close(layer(x2)[0][:, :20], out[:, :20])
+    # decoding token by token with the recurrent state == the parallel form; a chunk then tokens
+    cache, outs = layer.init_cache(), []
     for t in range(30):
-        o, state = layer(x[:, t:t + 1], state=state, offset=t, return_state=True)
+        o, cache = layer(x[:, t:t + 1], cache=cache, offset=t)
         outs.append(o)
     torch.testing.assert_close(torch.cat(outs, 1), out)
-    assert state[0].shape == (2, 4, taylor_feature_count(8), 8)
+    assert cache.state[0].shape == (2, 4, taylor_feature_count(8), 8) and cache.length == 30
+    assert cache.nbytes() == 2 * 4 * taylor_feature_count(8) * (8 + 1) * 8
+    cache = layer.init_cache()
+    first, _ = layer(x[:, :17], cache=cache)
+    rest = [layer(x[:, t:t + 1], cache=cache, offset=t)[0] for t in range(17, 30)]
+    torch.testing.assert_close(torch.cat([first] + rest, 1), out)
+    with pytest.raises(ValueError, match="offset"):
+        layer(x[:, :1], cache=cache, offset=3)
 
 
 def test_local_layer_matches_dense_reference_and_is_shift_invariant():
@@ -295,12 +304,13 @@ def test_local_layer_cache_is_bounded_and_exact():
     layer = LocalAttention(16, 2, [2, 5], sink_tokens=1, backend="dense").double()
     x = torch.randn(1, 25, 16, dtype=torch.float64)
     full = layer(x)[0]
-    cache = (x.new_zeros(1, 2, 0, 8), x.new_zeros(1, 2, 0, 8))
+    cache = layer.init_cache()
     outs = []
     for t in range(25):
         o, cache = layer(x[:, t:t + 1], cache=cache, offset=t)
         outs.append(o)
-        assert cache[0].shape[2] <= 1 + 5
+        # per head its window plus the sink: (2 + 1) + (5 + 1) keys and values of 8 float64
+        assert cache.nbytes() == (3 + 6) * 2 * 8 * 8
     torch.testing.assert_close(torch.cat(outs, 1), full)
 
 

@@ -21,7 +21,8 @@ Three implementations that agree (tests/test_linear_attention.py):
 * ``linear_attention_quadratic``: masked (L, L) kernel matrix; O(L^2) memory; the reference.
 * ``linear_attention_chunked``: chunks of ``chunk_size``; the quadratic form inside a chunk, the states
   ``S = sum phi(k) v^T`` (F, D) and ``z = sum phi(k)`` (F) carried across chunks; O(L) memory,
-  differentiable with autograd, runs anywhere. The training path.
+  differentiable with autograd, runs anywhere. The training path. Returns (out, final state or
+  None), like the recurrent form.
 * ``linear_attention_recurrent``: one token at a time from a state ``(S, z)``; the decoding path.
 
 ``fla_parallel_based`` runs flash-linear-attention's Triton ``parallel_based`` kernel (fla-core) when
@@ -139,10 +140,10 @@ def linear_attention_chunked(
         q, k: (B, H, L, d); v: (B, H, L, D).
         chunk_size: C; memory is O(L (F D / C + C + F)) per head instead of O(L^2).
         initial_state: optional (S_0 (B, H, F, D), z_0 (B, H, F)) from earlier tokens.
-        output_final_state: also return the state after the last token.
+        output_final_state: also compute the state after the last token.
 
     Returns:
-        out (B, H, L, D), or (out, (S, z)) when ``output_final_state``.
+        (out (B, H, L, D), final state (S, z) or None when not ``output_final_state``).
     """
     _check_qkv(q, k, v)
     if chunk_size < 1:
@@ -193,7 +194,7 @@ def linear_attention_chunked(
     out = (num / (den.unsqueeze(-1) + eps)).view(b, h, n * c, dv)[:, :, :length]
     out = out.to(out_dtype)
     if not output_final_state:
-        return out
+        return out, None
     s_final = kv_prev[:, :, -1] + kv[:, :, -1]
     z_final = ksum_prev[:, :, -1] + ksum[:, :, -1]
     return out, (s_final, z_final)

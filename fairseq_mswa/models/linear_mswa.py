@@ -13,6 +13,11 @@ L), ``linear_mswa_la_swa`` (LAA, swa 128), ``linear_mswa_la_mswa`` (= ``linear_m
 ``linear_mswa_mswa`` (all A, mswa 128), and ``linear_mswa_tiny`` for tests. The same presets for
 fairseq-hydra-train are ``configs/model/linear_mswa*.yaml``.
 
+Decoding: fairseq's ``incremental_state`` holds one cache per layer (``modules/kv_cache.py``: the
+per-head rolling ``WindowKVCache`` of a local layer, the recurrent state of a linear one);
+``decode_full_attention`` (a config field, settable with ``--model-overrides``) is SWAA's
+full-attention decode. Sampling: fairseq-interactive / the hub interface (README, "Sampling").
+
 Cost: ``local_layer_indices`` / ``linear_layer_indices`` give the map from layers to the schedule that
 ``fairseq_mswa.cost`` uses (a linear layer costs ``schedule.linear_attention_layer_cost()``).
 """
@@ -33,6 +38,7 @@ from omegaconf import II
 from torch import Tensor, nn
 
 from ..modules.feedforward import SwiGLU
+from ..modules.kv_cache import WindowKVCache
 from ..modules.linear_layer import LINEAR_IMPLS, TaylorLinearAttention
 from ..modules.local_attention import LocalAttention
 from ..modules.norms import RMSNorm
@@ -120,13 +126,23 @@ class LinearMSWAConfig(LanguageModelIOConfig):
         },
     )
     rope_base: float = field(default=10000.0, metadata={"help": "RoPE base (theta)"})
+    decode_full_attention: bool = field(
+        default=False,
+        metadata={
+            "help": "SWAA full-attention decode: when decoding, the prompt (the first incremental "
+            "call) is processed with the trained windows and every later token sees every earlier "
+            "key (the caches evict nothing). Set at generation time with --model-overrides "
+            "\"{'decode_full_attention': True}\""
+        },
+    )
     max_target_positions: Optional[int] = II("task.tokens_per_sample")
 
 
 class HybridBlock(nn.Module):
-    """Pre-norm block: x + mixer(norm(x)), then x + SwiGLU(norm(x)); the mixer is L or A."""
+    """Pre-norm block: x + mixer(norm(x)), then x + SwiGLU(norm(x)); the mixer is L or A, both with
+    the token-mixer interface ``forward(x, cache=None, offset=0) -> (out, cache)``."""
 
-    def __init__(self, kind: str, cfg, windows=None):
+    def __init__(self, kind: str, cfg, windows=None, sink_tokens: int = 0):
         super().__init__()
         embed_dim, heads = cfg.decoder_embed_dim, cfg.decoder_attention_heads
         self.kind = kind
@@ -138,7 +154,7 @@ class HybridBlock(nn.Module):
             )
         else:
             self.mixer = LocalAttention(
-                embed_dim, heads, windows, sink_tokens=int(cfg.sink_tokens),
+                embed_dim, heads, windows, sink_tokens=sink_tokens,
                 attention_dropout=cfg.attention_dropout, backend=str(cfg.attn_backend),
                 rope_base=cfg.rope_base,
             )
@@ -146,40 +162,35 @@ class HybridBlock(nn.Module):
         self.ffn = SwiGLU(embed_dim, cfg.decoder_ffn_embed_dim, cfg.activation_dropout)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, cache: Optional[Dict[str, Tensor]] = None, offset: int = 0):
-        """x: (B, L, E). ``cache`` (decoding): this layer's entries (k, v) or (S, z); updated in place."""
-        h = self.mixer_norm(x)
-        if cache is None:
-            h = self.mixer(h)[0] if self.kind == "A" else self.mixer(h)
-        elif self.kind == "A":
-            if "k" in cache:
-                kv = (cache["k"], cache["v"])
-            else:
-                empty = h.new_zeros(h.shape[0], self.mixer.num_heads, 0, self.mixer.head_dim)
-                kv = (empty, empty)
-            h, (cache["k"], cache["v"]) = self.mixer(h, cache=kv, offset=offset)
-        else:
-            state = (cache["S"], cache["z"]) if "S" in cache else None
-            h, (cache["S"], cache["z"]) = self.mixer(h, state=state, offset=offset, return_state=True)
+    def forward(self, x: Tensor, cache=None, offset: int = 0):
+        """x: (B, L, E) at positions ``offset ..``; ``cache``: this layer's decoding cache (updated
+        in place). Returns (x, cache)."""
+        h, cache = self.mixer(self.mixer_norm(x), cache=cache, offset=offset)
         x = x + self.dropout(h)
-        return x + self.dropout(self.ffn(self.ffn_norm(x)))
+        return x + self.dropout(self.ffn(self.ffn_norm(x))), cache
 
 
 class LinearMSWADecoder(FairseqIncrementalDecoder):
-    """Token embedding -> hybrid blocks -> RMSNorm -> tied output (or adaptive softmax)."""
+    """Token embedding -> hybrid blocks -> RMSNorm -> tied output (or adaptive softmax).
+
+    Incremental decoding (fairseq's ``incremental_state``): one cache per layer (a per-head rolling
+    ``WindowKVCache`` for local layers, the recurrent state for linear ones); each call runs only
+    the tokens after the cached ones, ``reorder_incremental_state`` permutes the caches for beams.
+    """
 
     def __init__(self, cfg, dictionary, embed_tokens):
         super().__init__(dictionary)
         self.cfg = cfg
         self.layer_pattern = expand_layer_pattern(cfg.layer_pattern, cfg.decoder_layers)
         self.schedule = hybrid_schedule(cfg, self.layer_pattern, cfg.decoder_attention_heads)
+        sinks = self.schedule.sink_tokens if self.schedule is not None else 0
         embed_dim = cfg.decoder_embed_dim
         self.embed_tokens = embed_tokens
         self.embed_scale = 1.0 if cfg.no_scale_embedding else math.sqrt(embed_dim)
         self.dropout = nn.Dropout(cfg.dropout)
         local = {layer: row for row, layer in enumerate(local_layer_indices(self.layer_pattern))}
         self.layers = nn.ModuleList(
-            HybridBlock(kind, cfg, self.schedule.layer(local[i]) if kind == "A" else None)
+            HybridBlock(kind, cfg, self.schedule.layer(local[i]) if kind == "A" else None, sinks)
             for i, kind in enumerate(self.layer_pattern)
         )
         self.final_norm = RMSNorm(embed_dim)
@@ -201,28 +212,48 @@ class LinearMSWADecoder(FairseqIncrementalDecoder):
             x = self.output_layer(x)
         return x, extra
 
+    def init_caches(self) -> List:
+        """Empty decoding caches, one per layer (``decode_full_attention``: evict nothing)."""
+        keep_all = bool(getattr(self.cfg, "decode_full_attention", False))
+        return [layer.mixer.init_cache(keep_all=keep_all) for layer in self.layers]
+
+    def get_caches(self, incremental_state) -> Optional[List]:
+        """This decoder's per-layer caches in ``incremental_state`` (None before the first call)."""
+        entry = self.get_incremental_state(incremental_state, "caches")
+        return None if entry is None else entry["layers"]
+
+    def set_caches(self, incremental_state, caches: List) -> None:
+        self.set_incremental_state(incremental_state, "caches", {"layers": caches})
+
     def extract_features(self, prev_output_tokens: Tensor, incremental_state=None, **unused):
         caches = None
         offset = 0
         if incremental_state is not None:
-            caches = self.get_incremental_state(incremental_state, "cache") or {}
-            if "pos" in caches:
-                offset = int(caches["pos"].item())
+            caches = self.get_caches(incremental_state)
+            first_call = caches is None
+            if first_call:
+                caches = self.init_caches()
+            offset = caches[0].length
+            if prev_output_tokens.shape[1] <= offset:
+                raise ValueError(
+                    f"incremental decoding got {prev_output_tokens.shape[1]} tokens but "
+                    f"{offset} are cached already: pass the whole prefix plus at least one new "
+                    "token" + (" (an empty prompt: start it with </s>, the start symbol)"
+                               if offset == 0 else "")
+                )
             prev_output_tokens = prev_output_tokens[:, offset:]
         x = self.dropout(self.embed_scale * self.embed_tokens(prev_output_tokens))
         for i, layer in enumerate(self.layers):
-            if caches is None:
-                x = layer(x)
-            else:
-                layer_cache = {
-                    key.split(".", 1)[1]: t for key, t in caches.items() if key.startswith(f"{i}.")
-                }
-                x = layer(x, cache=layer_cache, offset=offset)
-                caches.update({f"{i}.{key}": t for key, t in layer_cache.items()})
+            x, _ = layer(x, cache=None if caches is None else caches[i], offset=offset)
         x = self.final_norm(x)
         if caches is not None:
-            caches["pos"] = torch.tensor(offset + prev_output_tokens.shape[1])
-            self.set_incremental_state(incremental_state, "cache", caches)
+            if first_call and getattr(self.cfg, "decode_full_attention", False):
+                # SWAA full-attention decode: the first call is the prompt (trained windows);
+                # every later token sees the whole context
+                for cache in caches:
+                    if isinstance(cache, WindowKVCache):
+                        cache.set_full_attention_from(cache.length)
+            self.set_caches(incremental_state, caches)
         return x, {"attn": [None], "inner_states": [x]}
 
     def output_layer(self, features: Tensor) -> Tensor:
@@ -231,15 +262,20 @@ class LinearMSWADecoder(FairseqIncrementalDecoder):
         return self.output_projection(features)
 
     def reorder_incremental_state(self, incremental_state, new_order: Tensor):
-        caches = self.get_incremental_state(incremental_state, "cache")
+        caches = self.get_caches(incremental_state)
         if caches is None:
             return
-        for key, t in caches.items():
-            if key != "pos" and t is not None:
-                caches[key] = t.index_select(0, new_order)
-        self.set_incremental_state(incremental_state, "cache", caches)
+        for cache in caches:
+            cache.reorder(new_order)
+        self.set_caches(incremental_state, caches)
+
+    def cache_nbytes(self, incremental_state) -> int:
+        """Bytes held by the decoding caches (K/V tensors and recurrent states)."""
+        caches = self.get_caches(incremental_state)
+        return 0 if caches is None else sum(c.nbytes() for c in caches)
 
     def max_positions(self):
+        """RoPE has no position table: decoding is not limited by the trained length."""
         return self.cfg.max_target_positions or int(1e6)
 
 
@@ -251,6 +287,20 @@ class LinearMSWALanguageModel(FairseqLanguageModel):
     def build_model(cls, cfg, task):
         embed_tokens = build_input_embedding(cfg, task.source_dictionary)
         return cls(LinearMSWADecoder(cfg, task.target_dictionary, embed_tokens))
+
+    @classmethod
+    def from_pretrained(cls, model_name_or_path, checkpoint_file="model.pt",
+                        data_name_or_path=".", **kwargs):
+        """fairseq's hub interface (``.sample("prompt", sampling=True, sampling_topk=10)``), refusing
+        a checkpoint of another architecture with a message that names the right class."""
+        hub = super().from_pretrained(model_name_or_path, checkpoint_file, data_name_or_path, **kwargs)
+        for model in hub.models:
+            if not isinstance(model, cls):
+                raise ValueError(
+                    f"{checkpoint_file} holds a {type(model).__name__} model, not linear_mswa: load "
+                    f"it with {type(model).__name__}.from_pretrained"
+                )
+        return hub
 
     @property
     def layer_pattern(self) -> str:

@@ -3,21 +3,22 @@
 Per head: q and k are projected to ``feature_dim`` (16), v to ``head_dim``; RoPE rotates q and k
 before the Taylor feature map, so ``K(q_i, k_j) = 1 + s + s^2/2`` with ``s = q_i.k_j / sqrt(16)``
 depends on positions only through ``i - j``. Decoding carries the fixed-size state
-(S: features x head_dim, z: features) per head.
+(S: features x head_dim, z: features) per head in a ``RecurrentStateCache`` (``modules/kv_cache.py``);
+the layer has the token-mixer interface ``forward(x, cache=None, offset=0) -> (out, cache)``.
 """
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
 
 from ..kernels.linear_attention import (
-    State,
     fla_parallel_based,
     fla_parallel_based_available,
     linear_attention_chunked,
     linear_attention_recurrent,
 )
+from .kv_cache import RecurrentStateCache
 from .rotary import RotaryEmbedding
 
 LINEAR_IMPLS = ("torch", "fla", "auto")
@@ -81,33 +82,38 @@ class TaylorLinearAttention(nn.Module):
             )
         return ok
 
-    def forward(
-        self, x: torch.Tensor, state: Optional[State] = None, offset: int = 0,
-        return_state: bool = False,
-    ):
-        """x: (B, L, E) at positions ``offset ..``; ``state``: (S, z) after the earlier tokens.
+    def init_cache(self, keep_all: bool = False) -> RecurrentStateCache:
+        """An empty decoding state (``keep_all`` is accepted for the shared mixer interface: the
+        recurrent state already summarises the whole context)."""
+        return RecurrentStateCache()
 
-        Returns out (B, L, E), or (out, new state) when ``return_state`` (decoding).
-        """
+    def forward(
+        self, x: torch.Tensor, cache: Optional[RecurrentStateCache] = None, offset: int = 0
+    ) -> Tuple[torch.Tensor, Optional[RecurrentStateCache]]:
+        """x: (B, L, E) at positions ``offset ..``. Without ``cache``: the parallel form, returns
+        (out (B, L, E), None). With ``cache`` (decoding; ``offset`` must be ``cache.length``): starts
+        from ``cache.state`` (S, z), stores the state after the last token, returns (out, cache)."""
         b, length, _ = x.shape
+        if cache is not None and offset != cache.length:
+            raise ValueError(f"offset {offset} != cache length {cache.length}: feed tokens in order")
         q = self._heads(self.q_proj(x), self.feature_dim)
         k = self._heads(self.k_proj(x), self.feature_dim)
         v = self._heads(self.v_proj(x), self.head_dim)
         q, k = self.rotary(q, k, offset=offset)
-        new_state = None
-        if return_state:
+        if cache is not None:
             if length == 1:
-                out, new_state = linear_attention_recurrent(q, k, v, state)
+                out, cache.state = linear_attention_recurrent(q, k, v, cache.state)
             else:
-                out, new_state = linear_attention_chunked(
-                    q, k, v, self.chunk_size, initial_state=state, output_final_state=True
+                out, cache.state = linear_attention_chunked(
+                    q, k, v, self.chunk_size, initial_state=cache.state, output_final_state=True
                 )
-        elif state is None and self._use_fla(q):
+            cache.length += length
+        elif self._use_fla(q):
             out = fla_parallel_based(q, k, v)
         else:
-            out = linear_attention_chunked(q, k, v, self.chunk_size, initial_state=state)
+            out, _ = linear_attention_chunked(q, k, v, self.chunk_size)
         out = self.out_proj(out.transpose(1, 2).reshape(b, length, self.num_heads * self.head_dim))
-        return (out, new_state) if return_state else out
+        return out, cache
 
     def extra_repr(self) -> str:
         return (

@@ -3,8 +3,9 @@
 Every head has its own window (MSWA); ``None`` is full causal attention. The scores come from the
 single kernel entry point ``fairseq_mswa.kernels.window_attention.window_attention``.
 
-Decoding keeps a key/value cache: a layer whose heads are all windowed keeps only the sink keys and
-the last ``max(windows)`` keys, so its cache has a fixed size whatever the context length.
+Decoding keeps a per-head rolling key/value cache (``modules/kv_cache.py``): head h keeps its last
+``w_h`` rotated keys plus the sink keys, so a windowed layer's cache holds the sum of its windows
+whatever the context length.
 """
 
 from typing import Optional, Sequence, Tuple
@@ -13,9 +14,8 @@ import torch
 from torch import nn
 
 from ..kernels.window_attention import window_attention
+from .kv_cache import WindowKVCache
 from .rotary import RotaryEmbedding
-
-KVCache = Tuple[torch.Tensor, torch.Tensor]  # rotated keys, values: (B, H, Lc, head_dim)
 
 
 class LocalAttention(nn.Module):
@@ -64,45 +64,33 @@ class LocalAttention(nn.Module):
         b, length, _ = x.shape
         return x.view(b, length, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def cache_limit(self) -> Optional[int]:
-        """Keys a decoding cache must keep (None = all: a head has full attention)."""
-        if any(w is None for w in self.windows):
-            return None
-        return self.sink_tokens + max(self.windows)
+    def init_cache(self, keep_all: bool = False) -> WindowKVCache:
+        """An empty decoding cache: per head its last ``w`` keys plus the sinks (``keep_all``:
+        evict nothing, for full-attention decode)."""
+        return WindowKVCache(self.windows, self.sink_tokens, keep_all=keep_all)
 
     def forward(
-        self, x: torch.Tensor, cache: Optional[KVCache] = None, offset: int = 0
-    ) -> Tuple[torch.Tensor, Optional[KVCache]]:
-        """x: (B, L, E) at positions ``offset ..``; ``cache``: keys/values of the earlier tokens
-        (decoding). Returns (out (B, L, E), new cache or None when no cache was given)."""
+        self, x: torch.Tensor, cache: Optional[WindowKVCache] = None, offset: int = 0
+    ) -> Tuple[torch.Tensor, Optional[WindowKVCache]]:
+        """x: (B, L, E) at positions ``offset ..``. Without ``cache`` (training, scoring): the
+        parallel kernel, returns (out (B, L, E), None). With ``cache`` (decoding; ``offset`` must be
+        ``cache.length``): attends to the cached keys, stores the new ones, returns (out, cache)."""
         b, length, _ = x.shape
+        if cache is not None and offset != cache.length:
+            raise ValueError(f"offset {offset} != cache length {cache.length}: feed tokens in order")
         q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
         q, k = self.rotary(q, k, offset=offset)
-        new_cache = None
-        if cache is not None:
-            k = torch.cat([cache[0], k], dim=2)
-            v = torch.cat([cache[1], v], dim=2)
-            new_cache = self._truncate(k, v)
-        out = window_attention(
-            q, k, v, list(self.windows),
-            sink_tokens=self.sink_tokens,
-            dropout_p=self.attention_dropout if self.training else 0.0,
-            backend=self.backend,
-        )
+        if cache is None:
+            out = window_attention(
+                q, k, v, list(self.windows),
+                sink_tokens=self.sink_tokens,
+                dropout_p=self.attention_dropout if self.training else 0.0,
+                backend=self.backend,
+            )
+        else:
+            out = cache.attend(q, k, v)
         out = out.transpose(1, 2).reshape(b, length, self.embed_dim)
-        return self.out_proj(out), new_cache
-
-    def _truncate(self, k: torch.Tensor, v: torch.Tensor) -> KVCache:
-        """Keep the sink keys and the last max-window keys (every later query needs no more)."""
-        limit = self.cache_limit()
-        if limit is None or k.shape[2] <= limit:
-            return k, v
-        s = self.sink_tokens
-        recent = limit - s
-        return (
-            torch.cat([k[:, :, :s], k[:, :, -recent:]], dim=2),
-            torch.cat([v[:, :, :s], v[:, :, -recent:]], dim=2),
-        )
+        return self.out_proj(out), cache
 
     def extra_repr(self) -> str:
         return f"heads={self.num_heads}, windows={list(self.windows)}, sink_tokens={self.sink_tokens}"

@@ -31,7 +31,20 @@ import numpy as np
 import torch
 from fairseq import utils
 
-from fairseq.data import Dictionary, FairseqDataset, data_utils, iterators
+from fairseq.data import (
+    AppendTokenDataset,
+    Dictionary,
+    FairseqDataset,
+    IdDataset,
+    ListDataset,
+    NestedDictionaryDataset,
+    NumelDataset,
+    PadDataset,
+    PrependTokenDataset,
+    StripTokenDataset,
+    data_utils,
+    iterators,
+)
 from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
@@ -210,7 +223,11 @@ class MSWALanguageModelingTask(FairseqTask):
     def get_batch_iterator(self, dataset, num_workers=0, epoch=1, data_buffer_size=0,
                            skip_remainder_batch=False, **kwargs):
         """Batches in stream order on every rank (no shuffling, no sharding of batches: each rank
-        already holds its own rows)."""
+        already holds its own rows). Prompts for generation are batched the usual fairseq way."""
+        if not isinstance(dataset, StreamDataset):
+            return super().get_batch_iterator(
+                dataset, num_workers=num_workers, epoch=epoch, data_buffer_size=data_buffer_size,
+                skip_remainder_batch=skip_remainder_batch, **kwargs)
         return iterators.EpochBatchIterator(
             dataset=dataset,
             collate_fn=dataset.collater,
@@ -244,10 +261,34 @@ class MSWALanguageModelingTask(FairseqTask):
         return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
 
     def build_dataset_for_inference(self, src_tokens, src_lengths, **kwargs):
-        raise NotImplementedError(
-            "mswa_lm is for training and fairseq-eval-lm; for interactive generation use a "
-            "language_modeling task with the same dictionary"
+        """Prompts for generation (fairseq-interactive, the hub's ``sample``), as in fairseq's
+        ``language_modeling``: each prompt without its trailing ``</s>``, ``</s>`` prepended as the
+        start symbol; generation then continues it with the model's incremental decoding."""
+        eos, pad = self.dictionary.eos(), self.dictionary.pad()
+        prompts = StripTokenDataset(ListDataset(src_tokens, src_lengths), eos)
+        return NestedDictionaryDataset(
+            {
+                "id": IdDataset(),
+                "net_input": {
+                    "src_tokens": PadDataset(PrependTokenDataset(prompts, eos), pad, left_pad=False),
+                    "src_lengths": NumelDataset(PrependTokenDataset(prompts, eos), reduce=False),
+                },
+                "target": PadDataset(AppendTokenDataset(prompts, pad), pad, left_pad=False),
+            },
+            sizes=[np.array(src_lengths)],
         )
+
+    def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
+        """Continue each prompt: its tokens are forced as the prefix, ``</s>`` is the start symbol."""
+        if constraints is not None:
+            raise NotImplementedError("constrained decoding is not supported by mswa_lm")
+        with torch.no_grad():
+            eos = self.dictionary.eos()
+            if prefix_tokens is None and sample["net_input"]["src_tokens"].nelement():
+                prefix_tokens = sample["net_input"]["src_tokens"]
+                if prefix_tokens[:, 0].eq(eos).all():
+                    prefix_tokens = prefix_tokens[:, 1:]
+            return generator.generate(models, sample, prefix_tokens=prefix_tokens, bos_token=eos)
 
     @property
     def source_dictionary(self):

@@ -1,0 +1,392 @@
+"""Decoding caches: one interface for every token mixer (``reorder``, ``nbytes``, ``length``).
+
+* :class:`WindowKVCache` -- per-head rolling key/value cache of one softmax-attention layer. Head ``h``
+  keeps exactly its last ``w_h`` keys/values (full heads keep everything), plus the first
+  ``sink_tokens`` keys of the sequence, stored separately. Heads with equal windows form a *group*
+  that shares one tensor ``(B, G, w, D)`` (a ring buffer: slot ``p % w`` holds position ``p``), so
+  the bytes held are the sum of the windows (x 2 x head_dim x dtype size per sequence), not
+  ``H x`` the layer's largest window.
+* :class:`RecurrentStateCache` -- the fixed-size state ``(S, z)`` of Taylor linear attention.
+
+Keys and values are stored as the layer hands them over: rotated keys for RoPE layers (linear_mswa),
+position-free keys for Transformer-XL, whose layer adds the position term from the distances (the
+``pos_scores`` argument of :meth:`WindowKVCache.attend`, same convention as
+``kernels.window_attention``: score of a key at distance ``d`` gains ``pos_scores[..., min(d, R - 1)]``).
+
+Visibility (the kernels' convention, ``kernels/dense.py``): the query at position ``p`` sees key
+``j`` when ``0 <= p - j < w`` or ``j < sink_tokens``; a full head sees every ``j <= p``. With
+``full_attention_from = P`` (SWAA "full-attention decode") queries at positions ``>= P`` see every
+earlier key; such a cache evicts nothing (``keep_all``), so generated tokens can see the whole
+context while the prompt (positions ``< P``) keeps its windows.
+"""
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+Window = Optional[int]  # None = full attention
+
+
+def window_groups(windows: Sequence[Window]) -> List[Tuple[Window, List[int]]]:
+    """Heads grouped by window, in order of first appearance: [(window, [head, ...]), ...]."""
+    groups: dict = {}
+    for h, w in enumerate(windows):
+        groups.setdefault(w, []).append(h)
+    return list(groups.items())
+
+
+@dataclass
+class Segment:
+    """Keys/values of one group as a query chunk sees them.
+
+    k, v: (B, G, n, D); positions: (n,) absolute positions (-1 = empty slot);
+    dist: (Lq, n) query position - key position; visible: (Lq, n) bool mask.
+    """
+
+    k: Tensor
+    v: Tensor
+    positions: Tensor
+    dist: Tensor
+    visible: Tensor
+
+
+class _Group:
+    """One window group: a ring buffer of ``window`` slots (or a growing buffer) plus its sinks."""
+
+    def __init__(self, window: Window, heads: List[int], sink_tokens: int, keep_all: bool):
+        self.window = window
+        self.heads = heads
+        self.grows = window is None or keep_all  # a growing buffer holding every key
+        # windowed ring buffers keep the sinks apart; a growing buffer holds them already
+        self.sinks = 0 if self.grows else sink_tokens
+        self.k: Optional[Tensor] = None  # (B, G, n, D)
+        self.v: Optional[Tensor] = None
+        self.pos: Optional[Tensor] = None  # (n,) long, -1 = empty slot
+        self.sink_k: Optional[Tensor] = None  # (B, G, sinks, D)
+        self.sink_v: Optional[Tensor] = None
+        self.sink_pos: Optional[Tensor] = None
+        self._kbuf = self._vbuf = self._pbuf = None  # growing buffers' storage (capacity)
+        self.capacity = 0  # tokens to reserve at the first allocation of a growing buffer
+
+    def allocate(self, like: Tensor) -> None:
+        b, _, _, d = like.shape
+        g = len(self.heads)
+        n = 0 if self.grows else self.window
+        self.k = like.new_zeros(b, g, n, d)
+        self.v = like.new_zeros(b, g, n, d)
+        self.pos = torch.full((n,), -1, dtype=torch.long, device=like.device)
+        if self.sinks:
+            self.sink_k = like.new_zeros(b, g, self.sinks, d)
+            self.sink_v = like.new_zeros(b, g, self.sinks, d)
+            self.sink_pos = torch.full((self.sinks,), -1, dtype=torch.long, device=like.device)
+
+    def write(self, k: Tensor, v: Tensor, start: int) -> None:
+        """Store keys (B, G, L, D) at positions start .. start + L - 1, evicting what falls out."""
+        length = k.shape[2]
+        positions = torch.arange(start, start + length, device=k.device)
+        if self.sinks and start < self.sinks:
+            m = min(self.sinks, start + length) - start
+            self.sink_k[:, :, start:start + m] = k[:, :, :m]
+            self.sink_v[:, :, start:start + m] = v[:, :, :m]
+            self.sink_pos[start:start + m] = positions[:m]
+        if self.grows:
+            self._append(k, v, positions)
+            return
+        if length == 1:  # decoding: one slot, plain copies
+            slot = start % self.window
+            self.k[:, :, slot] = k[:, :, 0]
+            self.v[:, :, slot] = v[:, :, 0]
+            self.pos[slot] = start
+            return
+        keep = min(length, self.window)
+        slots = positions[-keep:] % self.window
+        self.k[:, :, slots] = k[:, :, -keep:]
+        self.v[:, :, slots] = v[:, :, -keep:]
+        self.pos[slots] = positions[-keep:]
+
+    def _append(self, k: Tensor, v: Tensor, positions: Tensor) -> None:
+        """Growing buffer: k, v, pos are views of the first n slots of buffers whose capacity
+        grows by half when full (amortised O(1) per token instead of a copy of the cache per
+        step), or is ``capacity`` tokens from the start when reserved."""
+        n, need = self.k.shape[2], self.k.shape[2] + k.shape[2]
+        if self._kbuf is None or need > self._kbuf.shape[2]:
+            cap = max(need, n + n // 2, 16, self.capacity)
+            kbuf = k.new_empty(k.shape[0], k.shape[1], cap, k.shape[3])
+            vbuf = v.new_empty(kbuf.shape)
+            pbuf = positions.new_full((cap,), -1)
+            kbuf[:, :, :n], vbuf[:, :, :n], pbuf[:n] = self.k, self.v, self.pos
+            self._kbuf, self._vbuf, self._pbuf = kbuf, vbuf, pbuf
+        self._kbuf[:, :, n:need] = k
+        self._vbuf[:, :, n:need] = v
+        self._pbuf[n:need] = positions
+        self.k, self.v, self.pos = self._kbuf[:, :, :need], self._vbuf[:, :, :need], self._pbuf[:need]
+
+    def reorder(self, new_order: Tensor) -> None:
+        for name in ("k", "v", "sink_k", "sink_v"):
+            t = getattr(self, name)
+            if t is not None:
+                setattr(self, name, t.index_select(0, new_order))
+        self._kbuf = self._vbuf = self._pbuf = None  # the next append re-allocates
+
+    def tensors(self) -> List[Tensor]:
+        return [t for t in (self.k, self.v, self.sink_k, self.sink_v) if t is not None]
+
+
+class WindowKVCache:
+    """Per-head rolling K/V cache of one attention layer (see the module docstring).
+
+    Args:
+        windows: one window per head (None = full attention).
+        sink_tokens: the first keys every query also sees (kept apart from the windows).
+        keep_all: evict nothing (needed for ``full_attention_from``; SWAA full-attention decode).
+
+    Tensors are allocated on the first :meth:`update` / :meth:`attend` (batch, head_dim, dtype and
+    device come from the keys). ``length`` is the number of tokens seen, i.e. the position of the
+    next token.
+    """
+
+    def __init__(self, windows: Sequence[Window], sink_tokens: int = 0, keep_all: bool = False):
+        windows = list(windows)
+        if not windows:
+            raise ValueError("a KV cache needs at least one head")
+        for w in windows:
+            if w is not None and (int(w) != w or w < 1):
+                raise ValueError(f"window {w!r}: windows must be integers >= 1 (None = full)")
+        if sink_tokens < 0:
+            raise ValueError(f"sink_tokens must be >= 0, got {sink_tokens}")
+        self.windows = windows
+        self.num_heads = len(windows)
+        self.sink_tokens = int(sink_tokens)
+        self.keep_all = bool(keep_all)
+        self.length = 0
+        self.full_attention_from: Optional[int] = None
+        self.groups = [_Group(w, heads, self.sink_tokens, self.keep_all)
+                       for w, heads in window_groups(windows)]
+        # heads in group order -> original head order
+        order = [h for g in self.groups for h in g.heads]
+        self._unpermute = sorted(range(len(order)), key=order.__getitem__)
+        self._identity = order == list(range(len(order)))
+        # contiguous heads -> a slice (a view), else an index list (a copy)
+        self._selectors = [
+            slice(g.heads[0], g.heads[-1] + 1) if g.heads == list(range(g.heads[0], g.heads[-1] + 1))
+            else g.heads
+            for g in self.groups
+        ]
+
+    # --- the shared cache interface -------------------------------------------------------------
+
+    def reorder(self, new_order: Tensor) -> None:
+        """Select / reorder the batch rows (beam search): row i becomes old row new_order[i]."""
+        for g in self.groups:
+            g.reorder(new_order)
+
+    def nbytes(self) -> int:
+        """Bytes of the keys/values held (positions bookkeeping excluded; a growing buffer counts
+        its tokens, not the spare capacity it reserves in doublings)."""
+        return sum(t.numel() * t.element_size() for g in self.groups for t in g.tensors())
+
+    def reserve(self, tokens: int) -> None:
+        """Allocate growing buffers (full heads, ``keep_all``) for ``tokens`` tokens at once, so
+        that decoding up to that length never re-allocates (ring buffers have a fixed size)."""
+        for g in self.groups:
+            g.capacity = int(tokens)
+
+    def set_full_attention_from(self, position: int) -> None:
+        """Queries at positions >= ``position`` see every earlier key (needs ``keep_all``)."""
+        if not self.keep_all:
+            raise ValueError("full-attention decode needs a cache built with keep_all=True")
+        self.full_attention_from = int(position)
+
+    # --- writing and reading --------------------------------------------------------------------
+
+    def _split(self, x: Tensor) -> List[Tensor]:
+        """(B, H, L, D) -> per group (B, G, L, D)."""
+        if x.shape[1] != self.num_heads:
+            raise ValueError(f"expected {self.num_heads} heads, got tensor {tuple(x.shape)}")
+        return [x[:, sel] for sel in self._selectors]
+
+    def _merge(self, outs: List[Tensor]) -> Tensor:
+        out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
+        return out if self._identity else out[:, self._unpermute]
+
+    def update(self, k: Tensor, v: Tensor) -> None:
+        """Append keys/values (B, H, L, D) of the next L tokens without attending (prefill)."""
+        if k.shape != v.shape:
+            raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} must have the same shape")
+        if self.groups[0].k is None:
+            for g in self.groups:
+                g.allocate(k)
+        for g, kg, vg in zip(self.groups, self._split(k), self._split(v)):
+            g.write(kg, vg, self.length)
+        self.length += k.shape[2]
+
+    def segments(self, group: int, query_positions: Tensor, new: Optional[Tuple[Tensor, Tensor]] = None
+                 ) -> List[Segment]:
+        """What group ``group``'s queries at ``query_positions`` (Lq,) see: the sinks, the cached
+        keys and optionally ``new`` = (k, v) (B, G, L, D) at positions length .. length + L - 1,
+        each as a :class:`Segment` with distances and visibility."""
+        g = self.groups[group]
+        parts = []  # (k, v, positions, kind)
+        if g.sink_k is not None:
+            parts.append((g.sink_k, g.sink_v, g.sink_pos, "sink"))
+        if g.k is not None and g.k.shape[2]:
+            parts.append((g.k, g.v, g.pos, "all" if g.grows else "ring"))
+        if new is not None:
+            pos = torch.arange(self.length, self.length + new[0].shape[2], device=new[0].device)
+            parts.append((new[0], new[1], pos, "all"))
+        qp = query_positions[:, None]
+        out = []
+        for k, v, pos, kind in parts:
+            dist = qp - pos[None, :]
+            visible = (pos[None, :] >= 0) & (dist >= 0)
+            if g.window is not None:
+                in_window = dist < g.window
+                if kind == "sink":  # a sink inside the window is in the ring too: count it once
+                    vis = ~in_window
+                elif kind == "ring":  # the ring keeps no sink that the sink store lacks
+                    vis = in_window
+                else:
+                    vis = in_window | (pos[None, :] < self.sink_tokens)
+                    if self.full_attention_from is not None:
+                        vis = vis | (qp >= self.full_attention_from)
+                visible = visible & vis
+            out.append(Segment(k, v, pos, dist, visible))
+        return out
+
+    def _decode_keys(self, group: int, position: int) -> Optional[List[Tuple[Tensor, Tensor]]]:
+        """Decode-step fast path (after the token at ``position`` was written): the (k, v) pieces
+        the query sees *entirely*, so no mask is needed; None when a mask is (a ring still
+        filling, a windowed growing buffer)."""
+        g = self.groups[group]
+        if g.grows:
+            if g.window is None or (self.full_attention_from is not None
+                                    and position >= self.full_attention_from):
+                return [(g.k, g.v)]  # every cached key: positions 0 .. position
+            return None
+        if position + 1 < g.window:
+            return None
+        # the ring holds exactly positions position - w + 1 .. position: all visible; the sinks
+        # outside the window (j <= position - w) come from the sink store
+        pieces = [(g.k, g.v)]
+        outside = min(g.sinks, position - g.window + 1)
+        if outside > 0:
+            pieces.insert(0, (g.sink_k[:, :, :outside], g.sink_v[:, :, :outside]))
+        return pieces
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, *, pos_scores: Optional[Tensor] = None,
+               scale: Optional[float] = None) -> Tensor:
+        """Attend the next L tokens to the cache, then store their keys/values.
+
+        Args:
+            q, k, v: (B, H, L, D) of the tokens at positions ``length .. length + L - 1`` (L = 1
+                when decoding, a whole prompt chunk when prefilling).
+            pos_scores: optional (B, H, L, R) additive score by distance ``min(p - j, R - 1)``
+                (Transformer-XL's position term; same convention as ``window_attention``).
+            scale: score scale, default D ** -0.5.
+        Returns:
+            (B, H, L, D). Softmax in float32 for half-precision inputs.
+        """
+        b, h, length, d = q.shape
+        if k.shape != q.shape or v.shape[:3] != q.shape[:3]:
+            raise ValueError(f"incompatible q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+        if pos_scores is not None and pos_scores.shape[:3] != (b, h, length):
+            raise ValueError(f"pos_scores must be (B, H, L, R) = ({b}, {h}, {length}, R), "
+                             f"got {tuple(pos_scores.shape)}")
+        scale = d ** -0.5 if scale is None else scale
+        if self.groups[0].k is None:
+            for g in self.groups:
+                g.allocate(k)
+        start = self.length
+        qpos = torch.arange(start, start + length, device=q.device)
+        ks, vs = self._split(k), self._split(v)
+        qs = self._split(q)
+        ps = self._split(pos_scores) if pos_scores is not None else [None] * len(self.groups)
+        # one token into a full ring: its slot holds the key at distance w, which no query sees,
+        # so write first and attend over the ring alone (no concatenation)
+        write_first = length == 1
+        if write_first:
+            for g, kg, vg in zip(self.groups, ks, vs):
+                g.write(kg, vg, start)
+        outs = []
+        for gi, (qg, kg, vg, pg) in enumerate(zip(qs, ks, vs, ps)):
+            pieces = self._decode_keys(gi, start) if write_first and pg is None else None
+            if pieces is not None:
+                outs.append(_attend_unmasked(qg, pieces, scale))
+                continue
+            if write_first:
+                segs = self.segments(gi, qpos)
+            else:
+                segs = self.segments(gi, qpos, new=(kg, vg))
+            outs.append(_attend_segments(qg, segs, pg, scale))
+        if not write_first:
+            for g, kg, vg in zip(self.groups, ks, vs):
+                g.write(kg, vg, start)
+        self.length = start + length
+        return self._merge(outs)
+
+    def __repr__(self) -> str:
+        groups = ", ".join(f"w={g.window}:{len(g.heads)}h" for g in self.groups)
+        return (f"WindowKVCache(length={self.length}, groups=[{groups}], sinks={self.sink_tokens}, "
+                f"keep_all={self.keep_all}, nbytes={self.nbytes()})")
+
+
+def _attend_segments(q: Tensor, segs: List[Segment], pos_scores: Optional[Tensor], scale: float) -> Tensor:
+    """Softmax attention of q (B, G, Lq, D) over the concatenated segments (scores concatenated,
+    keys not copied)."""
+    acc = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    scores = []
+    for s in segs:
+        sc = torch.matmul(q, s.k.transpose(-1, -2)).to(acc) * scale
+        if pos_scores is not None:
+            r = pos_scores.shape[-1]
+            idx = s.dist.clamp(0, r - 1).expand(q.shape[0], q.shape[1], -1, -1)
+            sc = sc + pos_scores.gather(-1, idx).to(acc)
+        scores.append(sc.masked_fill(~s.visible, float("-inf")))
+    probs = torch.softmax(torch.cat(scores, dim=-1) if len(scores) > 1 else scores[0], dim=-1)
+    probs = probs.to(q.dtype)
+    out = None
+    offset = 0
+    for s in segs:
+        n = s.k.shape[2]
+        o = torch.matmul(probs[..., offset:offset + n], s.v)
+        out = o if out is None else out + o
+        offset += n
+    return out
+
+
+def _attend_unmasked(q: Tensor, pieces: List[Tuple[Tensor, Tensor]], scale: float) -> Tensor:
+    """Softmax attention of q (B, G, 1, D) over every key of the (k, v) pieces (no mask)."""
+    acc = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    if len(pieces) == 1:  # one fused kernel (half precision: softmax in float32 inside SDPA)
+        k, v = pieces[0]
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    scores = torch.cat([torch.matmul(q * scale, k.transpose(-1, -2)) for k, _ in pieces], -1)
+    probs = torch.softmax(scores.to(acc), dim=-1).to(q.dtype)
+    out, offset = None, 0
+    for k, v in pieces:
+        o = torch.matmul(probs[..., offset:offset + k.shape[2]], v)
+        out = o if out is None else out + o
+        offset += k.shape[2]
+    return out
+
+
+class RecurrentStateCache:
+    """The decoding state of Taylor linear attention: ``state`` = (S (B, H, F, D), z (B, H, F)),
+    None before the first token; fixed size whatever the context length."""
+
+    def __init__(self):
+        self.state: Optional[Tuple[Tensor, Tensor]] = None
+        self.length = 0
+
+    def reorder(self, new_order: Tensor) -> None:
+        if self.state is not None:
+            self.state = tuple(t.index_select(0, new_order) for t in self.state)
+
+    def nbytes(self) -> int:
+        return 0 if self.state is None else sum(t.numel() * t.element_size() for t in self.state)
+
+    def __repr__(self) -> str:
+        return f"RecurrentStateCache(length={self.length}, nbytes={self.nbytes()})"
