@@ -1,4 +1,4 @@
-"""Window schedules and their cost: where the window of head j in layer i is decided.
+"""Window schedules: where the window of head j in layer i is decided.
 
 A *schedule* gives every attention head of every layer its window ``w``: a query sees the
 ``w`` keys ending at itself (itself included). ``None`` marks a head with full causal
@@ -20,9 +20,10 @@ Variations (Table 6): ``geometric`` (x2 per group, the paper's default), ``arith
 SWAA knobs (shared/papers/SWAA-notes.md) live here too: ``full_attn_layers`` keep full attention
 whatever the pattern, and ``sink_tokens`` k makes the first k keys visible to every query.
 
-Cost (Sec. 3.2): time and KV memory are proportional to the sum of the windows of all heads of
-all layers; a full-attention head counts the sequence length ``n``; sink tokens add ``k`` per
-windowed head.
+``WindowSchedule.cost`` is the one cost a schedule knows (Sec. 3.2): the sum over all heads of
+all layers of the keys a query attends to (a full-attention head counts the sequence length
+``n``; sink tokens add ``k`` per windowed head). Everything else about cost (linear-attention
+layers, the paper's tables) lives in :mod:`fairseq_mswa.cost`.
 """
 
 from __future__ import annotations
@@ -257,29 +258,3 @@ def _pattern_rows(num_layers, num_heads, base_window, pattern, variation, groups
             row.append(_exact_window(w_ij, f"window of layer {i} head {j} ({pattern}, base {base_window})"))
         rows.append(tuple(row))
     return tuple(rows)
-
-
-# --- cost of non-softmax layers --------------------------------------------------------------
-
-def taylor_feature_count(feature_dim: int = 16, compact: bool = True) -> int:
-    """Features of the 2nd-order Taylor map: 1 + d + d(d+1)/2 compact (153 for d=16), else
-    1 + d + d^2 (273)."""
-    if compact:
-        return 1 + feature_dim + feature_dim * (feature_dim + 1) // 2
-    return 1 + feature_dim + feature_dim * feature_dim
-
-
-def linear_attention_layer_cost(
-    num_heads: int = 8, head_dim: int = 64, feature_dim: int = 16
-) -> float:
-    """Cost of one linear-attention layer in the unit of ``WindowSchedule.cost`` (KV-cache tokens).
-
-    A softmax head keeps one key and one value (2 x head_dim numbers) per attended token. A
-    linear-attention head keeps a recurrent state of F x head_dim numbers plus an F-entry
-    normaliser, with F the compact Taylor feature count. Per layer:
-    ``num_heads * F * (head_dim + 1) / (2 * head_dim)`` token-equivalents = 621.6 for 8 heads,
-    d = 16, head_dim = 64. Time per token scales the same way (F x (head_dim + 1) multiply-adds
-    against 2 x head_dim per attended key), so one number serves both as in Table 2.
-    """
-    f = taylor_feature_count(feature_dim, compact=True)
-    return num_heads * f * (head_dim + 1) / (2 * head_dim)

@@ -6,7 +6,13 @@ import sys
 
 import pytest
 
-from fairseq_mswa.cost import display, hybrid_cost, table_rows
+from fairseq_mswa.cost import (
+    display,
+    hybrid_cost,
+    linear_attention_layer_cost,
+    table_rows,
+    taylor_feature_count,
+)
 
 PAPER = {
     2: [9.10, 18.20, 1.14, 1.07, 1.07, 1.00],
@@ -68,3 +74,9 @@ def test_cli_text():
         capture_output=True, text=True, check=True, timeout=120,
     ).stdout
     assert "w_ij from 8 to 512" in out and "9.10" in out
+
+
+def test_linear_layer_cost_derivation():
+    assert taylor_feature_count(16) == 153
+    assert taylor_feature_count(16, compact=False) == 273
+    assert linear_attention_layer_cost(8, 64, 16) == pytest.approx(8 * 153 * 65 / 128)

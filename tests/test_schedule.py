@@ -8,8 +8,6 @@ from fairseq_mswa.schedule import (
     ScheduleError,
     build_schedule,
     group_multipliers,
-    linear_attention_layer_cost,
-    taylor_feature_count,
 )
 
 
@@ -102,8 +100,3 @@ def test_bad_schedules_name_the_fix(kwargs, match):
     with pytest.raises(ScheduleError, match=match):
         build_schedule(**kwargs)
 
-
-def test_linear_layer_cost_derivation():
-    assert taylor_feature_count(16) == 153
-    assert taylor_feature_count(16, compact=False) == 273
-    assert linear_attention_layer_cost(8, 64, 16) == pytest.approx(8 * 153 * 65 / 128)

@@ -14,7 +14,7 @@ L), ``linear_mswa_la_swa`` (LAA, swa 128), ``linear_mswa_la_mswa`` (= ``linear_m
 fairseq-hydra-train are ``configs/model/linear_mswa*.yaml``.
 
 Cost: ``local_layer_indices`` / ``linear_layer_indices`` give the map from layers to the schedule that
-``fairseq_mswa.cost`` uses (a linear layer costs ``schedule.linear_attention_layer_cost()``).
+``fairseq_mswa.cost`` uses (a linear layer costs ``cost.linear_attention_layer_cost()``).
 """
 
 import math

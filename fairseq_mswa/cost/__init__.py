@@ -24,17 +24,42 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional
 
-from .schedule import WindowSchedule, build_schedule, linear_attention_layer_cost
+from ..schedule import WindowSchedule, build_schedule
 
 NUM_LAYERS = 12
 NUM_HEADS = 8
 HEAD_DIM = 64
 FEATURE_DIM = 16
 REFERENCE = dict(pattern="mswa", base_window=128)  # the paper's "1.00" row of Tables 2, 3, 5
+
+
+# --- cost of non-softmax layers --------------------------------------------------------------
+
+def taylor_feature_count(feature_dim: int = 16, compact: bool = True) -> int:
+    """Features of the 2nd-order Taylor map: 1 + d + d(d+1)/2 compact (153 for d=16), else
+    1 + d + d^2 (273)."""
+    if compact:
+        return 1 + feature_dim + feature_dim * (feature_dim + 1) // 2
+    return 1 + feature_dim + feature_dim * feature_dim
+
+
+def linear_attention_layer_cost(
+    num_heads: int = 8, head_dim: int = 64, feature_dim: int = 16
+) -> float:
+    """Cost of one linear-attention layer in the unit of ``WindowSchedule.cost`` (KV-cache tokens).
+
+    A softmax head keeps one key and one value (2 x head_dim numbers) per attended token. A
+    linear-attention head keeps a recurrent state of F x head_dim numbers plus an F-entry
+    normaliser, with F the compact Taylor feature count. Per layer:
+    ``num_heads * F * (head_dim + 1) / (2 * head_dim)`` token-equivalents = 621.6 for 8 heads,
+    d = 16, head_dim = 64. Time per token scales the same way (F x (head_dim + 1) multiply-adds
+    against 2 x head_dim per attended key), so one number serves both as in Table 2.
+    """
+    f = taylor_feature_count(feature_dim, compact=True)
+    return num_heads * f * (head_dim + 1) / (2 * head_dim)
 
 
 @dataclass
@@ -183,6 +208,3 @@ def main(argv=None) -> int:
         print(format_table(rows))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
