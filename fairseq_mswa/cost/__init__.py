@@ -111,10 +111,11 @@ def _setting(schedule: WindowSchedule, seq_len: Optional[int]) -> str:
 
 
 def _row(table, name, pattern, base_window=None, variation="geometric", seq_len=None,
-         layer_pattern=None, paper=None) -> Row:
+         layer_pattern=None, paper=None, head_variation=None) -> Row:
     n_layers = layer_pattern.count("A") if layer_pattern else NUM_LAYERS
     if n_layers:
-        schedule = build_schedule(n_layers, NUM_HEADS, base_window, pattern, variation)
+        schedule = build_schedule(n_layers, NUM_HEADS, base_window, pattern, variation,
+                                  head_variation=head_variation)
         setting = _setting(schedule, seq_len)
     else:
         schedule, setting = None, "linear only"
@@ -165,6 +166,21 @@ def table_rows(table: int) -> List[Row]:
     raise ValueError(f"no table {table}: use 2, 3, 5 or 6")
 
 
+# The paper's arithmetic example (Table 6) gives the layer windows only (base 128 -> 64, 96, 128,
+# 160). Two readings of how the heads of a layer split its window; the first is what
+# --window-variation arithmetic builds (and what table_rows(6) runs).
+ARITHMETIC_READINGS = (
+    ("layers+heads x 1/2..5/4 (used)", None),
+    ("layers x 1/2..5/4, heads x 1/4..2", "geometric"),
+)
+
+
+def arithmetic_reading_rows() -> List[Row]:
+    """Cost of both readings of Table 6's arithmetic progression (MSWA, base 128)."""
+    return [_row(6, f"  {label}", "mswa", 128, "arithmetic", head_variation=heads)
+            for label, heads in ARITHMETIC_READINGS]
+
+
 def display(value: float, table: int) -> str:
     """Two decimals the way the paper prints them: truncated in Table 3, rounded elsewhere."""
     if table == 3:
@@ -202,9 +218,19 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true", help="print a JSON list of rows")
     args = parser.parse_args(argv)
     rows = table_rows(args.table)
+    readings = arithmetic_reading_rows() if args.table == 6 else []
     if args.json:
-        print(json.dumps(as_dicts(rows), indent=2))
+        print(json.dumps(as_dicts(rows) + [dict(d, row="Arithmetic Progression: " + d["row"].strip(),
+                        reading_of="Arithmetic Progression") for d in as_dicts(readings)],
+                         indent=2))
     else:
         print(format_table(rows))
+        if readings:
+            print("\nArithmetic Progression, two readings (the paper's example fixes only the "
+                  "layer windows\n64, 96, 128, 160; 'used' is what --window-variation arithmetic "
+                  "builds and the row above):")
+            for r in readings:
+                print(f"{r.row:36s} {r.setting:24s} {r.cost:10.1f} "
+                      f"{display(r.relative_cost, 6):>9s}")
     return 0
 

@@ -35,7 +35,7 @@ class WindowAttentionConfig(FairseqDataclass):
         },
     )
     window_groups: int = field(
-        default=4, metadata={"help": "number of head groups and of layer groups"}
+        default=4, metadata={"help": "number of head groups and of layer groups (ranges as in Table 1: counts need not be divisible)"}
     )
     attn_windows: str = field(
         default="",
