@@ -22,7 +22,6 @@ Every number printed is measured in this run; nothing is copied from anywhere.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
