@@ -4,8 +4,8 @@ Use the package folder as fairseq's ``--user-dir``; importing it registers the m
 (``transformer_xl_mswa``, ``linear_mswa``) and the task (``mswa_lm``).
 
 Where things live:
-* ``schedule``   window of head j in layer i, and the cost model (pure Python).
-* ``cost``       ``python -m fairseq_mswa.cost --table N``: the paper's Relative Cost columns.
+* ``schedule``   window of head j in layer i (pure Python).
+* ``cost``       cost model (linear layers too) and ``python -m fairseq_mswa.cost --table N``.
 * ``kernels``    attention kernels and their backends (pure functions).
 * ``modules``    positions (relative / rotary), attention layers, norms, feed-forwards.
 * ``models``     fairseq models and architecture presets.

@@ -1,4 +1,4 @@
-"""Window schedules and their cost: where the window of head j in layer i is decided.
+"""Window schedules: where the window of head j in layer i is decided.
 
 A *schedule* gives every attention head of every layer its window ``w``: a query sees the
 ``w`` keys ending at itself (itself included). ``None`` marks a head with full causal
@@ -13,16 +13,26 @@ Patterns (MSWA paper, Sec. 3-4, Table 1), for base window ``w`` and ``groups = 4
 * ``mswa-l``  layers in 4 groups with ``w/4, w/2, w, 2w``, all heads of a layer alike (Sec. 4.2).
 * ``mswa``    both: layer group base ``w_i`` in ``w/4 .. 2w``, heads ``w_i/4 .. 2 w_i`` (Sec. 4.3).
 
+Groups are ranges (Table 1): with ``l`` layers and ``G`` groups, the 1-indexed layer ``t`` is in
+group ``g`` (0-indexed) iff ``g * l / G < t <= (g + 1) * l / G``, i.e. ``g = ceil(t * G / l) - 1``
+(:func:`group_of`); heads likewise within a layer. When ``G`` divides ``l`` the groups are the
+``l / G`` consecutive layers of the paper; otherwise the ranges give unequal groups (``l = 6``:
+sizes 1, 2, 1, 2; ``l = 5``: 1, 1, 1, 2), and with ``l < G`` some groups are empty.
+
 Variations (Table 6): ``geometric`` (x2 per group, the paper's default), ``arithmetic``
-(``w/2, 3w/4, w, 5w/4``: base 128 -> 64, 96, 128, 160, for layers and heads alike) and
-``decreasing`` (the layer allocation reversed: deep layers get the small windows).
+(``w/2, 3w/4, w, 5w/4``: base 128 -> 64, 96, 128, 160) and ``decreasing`` (the layer allocation
+reversed: deep layers get the small windows). The paper's arithmetic example fixes only the layer
+windows; here the arithmetic multipliers split the heads too (the default reading). The other
+reading, heads split geometrically, is ``head_variation="geometric"``; ``python -m
+fairseq_mswa.cost --table 6`` prints the cost of both.
 
 SWAA knobs (shared/papers/SWAA-notes.md) live here too: ``full_attn_layers`` keep full attention
 whatever the pattern, and ``sink_tokens`` k makes the first k keys visible to every query.
 
-Cost (Sec. 3.2): time and KV memory are proportional to the sum of the windows of all heads of
-all layers; a full-attention head counts the sequence length ``n``; sink tokens add ``k`` per
-windowed head.
+``WindowSchedule.cost`` is the one cost a schedule knows (Sec. 3.2): the sum over all heads of
+all layers of the keys a query attends to (a full-attention head counts the sequence length
+``n``; sink tokens add ``k`` per windowed head). Everything else about cost (linear-attention
+layers, the paper's tables) lives in :mod:`fairseq_mswa.cost`.
 """
 
 from __future__ import annotations
@@ -30,7 +40,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
+
+import math
 
 PATTERNS = ("full", "swa", "mswa-h", "mswa-l", "mswa")
 VARIATIONS = ("geometric", "arithmetic", "decreasing")
@@ -60,6 +72,16 @@ def group_multipliers(variation: str, groups: int = 4) -> Tuple[Fraction, ...]:
     if variation == "arithmetic":
         return tuple(1 + Fraction(g - anchor, groups) for g in range(groups))
     return tuple(Fraction(2) ** (g - anchor) for g in range(groups))
+
+
+def group_of(index: int, count: int, groups: int) -> int:
+    """Group (0-indexed) of the 0-indexed layer / head ``index`` out of ``count`` split into
+    ``groups`` ranges: the 1-indexed ``t = index + 1`` is in group ``g`` iff
+    ``g * count / groups < t <= (g + 1) * count / groups`` (Table 1's ranges).
+    Equal to ``index // (count // groups)`` when ``groups`` divides ``count``."""
+    if not 0 <= index < count:
+        raise ScheduleError(f"index {index} is outside 0..{count - 1}")
+    return ((index + 1) * groups - 1) // count
 
 
 @dataclass(frozen=True)
@@ -134,20 +156,6 @@ class WindowSchedule:
         return json.dumps([list(layer) for layer in self.windows])
 
 
-def _exact_window(value: Fraction, what: str) -> int:
-    if value < 1:
-        raise ScheduleError(
-            f"{what} = {value} is below 1: use a larger base window (MSWA needs base >= 16 with "
-            "4 geometric groups) or fewer groups"
-        )
-    if value.denominator != 1:
-        raise ScheduleError(
-            f"{what} = {float(value):g} is not an integer: choose a base window divisible by the "
-            "group factors (16 for geometric mswa, 8 for arithmetic) or give explicit --attn-windows"
-        )
-    return int(value)
-
-
 def parse_explicit_windows(spec: Union[str, Sequence], num_layers: int, num_heads: int):
     """Parse an explicit schedule: a JSON list with one entry per layer, each entry either one
     window for the whole layer or a list of one window per head (null = full attention)."""
@@ -188,6 +196,7 @@ def build_schedule(
     windows: Union[None, str, Sequence] = None,
     full_attn_layers: Sequence[int] = (),
     sink_tokens: int = 0,
+    head_variation: Optional[str] = None,
 ) -> WindowSchedule:
     """Window of every head of every layer.
 
@@ -202,13 +211,17 @@ def build_schedule(
             ``pattern``.
         full_attn_layers: layer indices that keep full attention (SWAA "non-sliding layers").
         sink_tokens: k first keys every query also sees (SWAA "keep first").
+        head_variation: variation of the head groups when it differs from ``variation`` (the
+            other reading of the paper's arithmetic example: ``variation="arithmetic",
+            head_variation="geometric"``); None = ``variation``.
     """
     if num_layers < 1 or num_heads < 1:
         raise ScheduleError(f"need layers >= 1 and heads >= 1, got {num_layers} x {num_heads}")
     if windows is not None and windows != "" and windows != []:
         rows = parse_explicit_windows(windows, num_layers, num_heads)
     else:
-        rows = _pattern_rows(num_layers, num_heads, base_window, pattern, variation, groups)
+        rows = _pattern_rows(num_layers, num_heads, base_window, pattern, variation, groups,
+                             head_variation)
     full = set()
     for i in full_attn_layers:
         if not -num_layers <= i < num_layers:
@@ -220,7 +233,8 @@ def build_schedule(
     return WindowSchedule(windows=rows, sink_tokens=sink_tokens)
 
 
-def _pattern_rows(num_layers, num_heads, base_window, pattern, variation, groups):
+def _pattern_rows(num_layers, num_heads, base_window, pattern, variation, groups,
+                  head_variation=None):
     if pattern not in PATTERNS:
         raise ScheduleError(
             f"unknown attention pattern {pattern!r}: use one of {', '.join(PATTERNS)} "
@@ -232,54 +246,44 @@ def _pattern_rows(num_layers, num_heads, base_window, pattern, variation, groups
         raise ScheduleError(
             f"pattern {pattern!r} needs --base-window N with N >= 1, got {base_window!r}"
         )
-    mult = group_multipliers(variation, groups)
+    layer_mult = group_multipliers(variation, groups)
+    if variation == "decreasing":
+        layer_mult = layer_mult[::-1]
+    head_variation = variation if head_variation is None else head_variation
+    head_mult = group_multipliers("geometric" if head_variation == "decreasing" else head_variation,
+                                  groups)
     vary_heads = pattern in ("mswa-h", "mswa")
     vary_layers = pattern in ("mswa-l", "mswa")
-    if vary_heads and num_heads % groups:
-        raise ScheduleError(
-            f"{pattern} splits the {num_heads} heads of a layer into {groups} groups: use a "
-            f"number of heads divisible by {groups}"
-        )
-    if vary_layers and num_layers % groups:
-        raise ScheduleError(
-            f"{pattern} splits the {num_layers} layers into {groups} groups: use a number of "
-            f"layers divisible by {groups} (or explicit --attn-windows)"
-        )
-    layer_mult = mult[::-1] if variation == "decreasing" else mult
-    rows = []
-    for i in range(num_layers):
-        w_i = Fraction(base_window)
-        if vary_layers:
-            w_i *= layer_mult[i * groups // num_layers]
-        row = []
-        for j in range(num_heads):
-            w_ij = w_i * mult[j * groups // num_heads] if vary_heads else w_i
-            row.append(_exact_window(w_ij, f"window of layer {i} head {j} ({pattern}, base {base_window})"))
-        rows.append(tuple(row))
-    return tuple(rows)
+    # multiplier of every (layer, head): layer group x head group (Table 1's ranges)
+    mult = [
+        [
+            (layer_mult[group_of(i, num_layers, groups)] if vary_layers else Fraction(1))
+            * (head_mult[group_of(j, num_heads, groups)] if vary_heads else Fraction(1))
+            for j in range(num_heads)
+        ]
+        for i in range(num_layers)
+    ]
+    _check_base_window(base_window, [m for row in mult for m in row], pattern, variation, groups)
+    return tuple(tuple(int(base_window * m) for m in row) for row in mult)
 
 
-# --- cost of non-softmax layers --------------------------------------------------------------
-
-def taylor_feature_count(feature_dim: int = 16, compact: bool = True) -> int:
-    """Features of the 2nd-order Taylor map: 1 + d + d(d+1)/2 compact (153 for d=16), else
-    1 + d + d^2 (273)."""
-    if compact:
-        return 1 + feature_dim + feature_dim * (feature_dim + 1) // 2
-    return 1 + feature_dim + feature_dim * feature_dim
-
-
-def linear_attention_layer_cost(
-    num_heads: int = 8, head_dim: int = 64, feature_dim: int = 16
-) -> float:
-    """Cost of one linear-attention layer in the unit of ``WindowSchedule.cost`` (KV-cache tokens).
-
-    A softmax head keeps one key and one value (2 x head_dim numbers) per attended token. A
-    linear-attention head keeps a recurrent state of F x head_dim numbers plus an F-entry
-    normaliser, with F the compact Taylor feature count. Per layer:
-    ``num_heads * F * (head_dim + 1) / (2 * head_dim)`` token-equivalents = 621.6 for 8 heads,
-    d = 16, head_dim = 64. Time per token scales the same way (F x (head_dim + 1) multiply-adds
-    against 2 x head_dim per attended key), so one number serves both as in Table 2.
-    """
-    f = taylor_feature_count(feature_dim, compact=True)
-    return num_heads * f * (head_dim + 1) / (2 * head_dim)
+def _check_base_window(base_window, multipliers, pattern, variation, groups) -> None:
+    """Every window ``base_window * m`` must be an integer >= 1; else name the base windows
+    that work: multiples of the least common denominator of the multipliers in use, at least
+    1 / (smallest multiplier)."""
+    divisor = 1
+    for m in set(multipliers):
+        divisor = divisor * m.denominator // math.gcd(divisor, m.denominator)
+    smallest = min(multipliers)
+    least = divisor * max(1, math.ceil(1 / (smallest * divisor)))
+    what = f"{pattern} with {groups} {variation} groups"
+    bad = [m for m in multipliers if base_window * m < 1 or (base_window * m).denominator != 1]
+    if not bad:
+        return
+    value = base_window * bad[0]
+    problem = "is below 1" if value < 1 else f"= {float(value):g} is not an integer"
+    raise ScheduleError(
+        f"base window {base_window} x window multiplier {bad[0]} {problem}: {what} needs a "
+        f"base window that is a multiple of {divisor} and at least {least} (multipliers "
+        f"{', '.join(str(x) for x in sorted(set(multipliers)))}), or explicit --attn-windows"
+    )

@@ -12,28 +12,37 @@
 4. prints a table (test bpc, relative cost from fairseq_mswa.schedule, training and evaluation
    tokens/s) and writes ``results/demo/demo.json`` and ``results/demo/demo.png``.
 
+The terminal shows one progress bar per fairseq-train run (updates, loss, elapsed, ETA) and the
+results; fairseq's full logs go to ``runs/demo/<model>.{probe,train,eval}.log`` (``--verbose``
+streams them instead).
+
 Every number printed is measured in this run; nothing is copied from anywhere.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import re
-import shlex
 import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(REPO))  # this checkout's fairseq_mswa and data_prep, installed or not
 
-from reproduce import ReproError, parse_eval, stream, write_json_atomic  # noqa: E402
+from fairseq_mswa.run_utils import (  # noqa: E402
+    CommandError,
+    TrainProgress,
+    log_tail,
+    parse_eval_lm,
+    parse_train_inner,
+    parse_train_summary,
+    run_logged,
+    write_json_atomic,
+)
 
 USER_DIR = REPO / "fairseq_mswa"
 
@@ -45,14 +54,29 @@ USER_DIR = REPO / "fairseq_mswa"
 # on this machine right now and the demo picks the largest number of updates (the same for both
 # models, a complete cosine schedule each) that fits ``train_minutes`` for the two together.
 FULL = dict(layers=4, heads=4, embed=128, ffn=512, segment=64, batch=16, updates=2000,
-            base_window=32, max_bytes=None, log_interval=100, lr=1e-3, warmup=100,
+            base_window=32, max_bytes=None, log_interval=10, lr=1e-3, warmup=100,
             eval_batch=8, minutes=6.0, train_minutes=8.0, min_updates=100, probe_updates=30)
 QUICK = dict(layers=4, heads=4, embed=32, ffn=64, segment=32, batch=2, updates=3,
              base_window=16, max_bytes=40_000, log_interval=1, lr=1e-3, warmup=1,
              eval_batch=2, minutes=5.0)
 
-_INNER = re.compile(r"\| train_inner \| .*?loss=([\d.]+).*?wps=([\d.]+).*?num_updates=(\d+)")
-_VALID = re.compile(r"\| valid \| .*?\| loss ([\d.]+) .*?\| num_updates (\d+)")
+def run(cmd: List[str], log: Path, label: str, verbose: bool,
+        total_updates: Optional[int] = None) -> str:
+    """Run a fairseq CLI with its full log in ``log``: a progress bar for training runs
+    (``total_updates``), or the raw log on screen (``verbose``). Raises CommandError naming the
+    log (and showing its tail when the log was not on screen)."""
+    if verbose:
+        rc, out = run_logged(cmd, log, echo=f"  [{label}]", cwd=REPO)
+    elif total_updates is not None:
+        with TrainProgress(f"  {label}", total=total_updates) as bar:
+            rc, out = run_logged(cmd, log, on_line=bar, cwd=REPO)
+    else:
+        rc, out = run_logged(cmd, log, cwd=REPO)
+    if rc != 0:
+        tail = "" if verbose else f"\n{log_tail(out)}\n"
+        tool = cmd[2].replace("fairseq_cli.", "fairseq-").replace("_", "-")
+        raise CommandError(f"{label}: {tool} failed (exit {rc}); full log: {log}{tail}")
+    return out
 
 
 def schedule_cost(cfg: Dict, pattern: str) -> int:
@@ -100,29 +124,29 @@ def eval_command(cfg: Dict, data: Path, save_dir: Path) -> List[str]:
 
 
 def probe_seconds_per_update(name: str, pattern: str, cfg: Dict, data: Path,
-                             work: Path) -> float:
+                             work: Path, verbose: bool = False) -> float:
     """Seconds per update of this model on this machine now (a short fairseq-train run, the
     first logged interval left out)."""
     n = cfg["probe_updates"]
     probe = dict(cfg, updates=n, log_interval=max(1, n // 3), warmup=1)
     cmd = train_command(probe, data, pattern, work / "probe" / name, work / "probe" / "tb")
     cmd += ["--no-save"]
-    rc, out = stream(cmd, work / f"{name}.probe.log", f"  [{name} probe]")
-    if rc != 0:
-        raise ReproError(f"fairseq-train failed for {name}; see {work / (name + '.probe.log')}")
+    out = run(cmd, work / f"{name}.probe.log", f"{name} speed probe", verbose,
+              total_updates=n)
     wps = [w for _, _, w in curve(out)[1:]]
     if not wps:
-        raise ReproError(f"the {name} probe logged no speed; see {work / (name + '.probe.log')}")
+        raise CommandError(f"the {name} probe logged no speed; see {work / (name + '.probe.log')}")
     return cfg["batch"] * cfg["segment"] / statistics.median(wps)
 
 
 def curve(train_log: str):
-    pts = [(int(u), float(loss), float(wps)) for loss, wps, u in _INNER.findall(train_log)]
-    return pts
+    """[(update, train loss in bits, tokens/s)] of every train_inner line."""
+    return [(r["update"], r["loss"], r["wps"]) for r in parse_train_inner(train_log)
+            if "loss" in r and "wps" in r]
 
 
 def run_model(name: str, pattern: str, cfg: Dict, data: Path, split: Dict, work: Path,
-              step: str) -> Dict:
+              step: str, verbose: bool = False) -> Dict:
     cost, (lo, hi) = schedule_cost(cfg, pattern)
     save_dir = work / "checkpoints" / name
     if save_dir.exists():
@@ -132,22 +156,23 @@ def run_model(name: str, pattern: str, cfg: Dict, data: Path, split: Dict, work:
     print(f"{step} training {name} ({pattern}, windows {lo}..{hi}, memory {hi - 1}) for "
           f"{cfg['updates']} updates", flush=True)
     t0 = time.time()
-    rc, out = stream(cmd, work / f"{name}.train.log", f"  [{name}]")
+    out = run(cmd, work / f"{name}.train.log", name, verbose, total_updates=cfg["updates"])
     train_s = time.time() - t0
-    if rc != 0:
-        raise ReproError(f"fairseq-train failed for {name}; see {work / (name + '.train.log')}")
     print(f"{step} evaluating {name} on the test split ({split['bytes']:,} bytes)", flush=True)
-    rc, eout = stream(eval_command(cfg, data, save_dir), work / f"{name}.eval.log", f"  [{name}]")
-    if rc != 0:
-        raise ReproError(f"fairseq-eval-lm failed for {name}; see {work / (name + '.eval.log')}")
-    ev = parse_eval(eout)
+    eval_log = work / f"{name}.eval.log"
+    eout = run(eval_command(cfg, data, save_dir), eval_log, f"{name} eval", verbose)
+    try:
+        ev = parse_eval_lm(eout)
+    except CommandError as e:
+        raise CommandError(f"{e}; see {eval_log}") from None
     if ev["eval_symbols"] != split["symbols"]:
-        raise ReproError(f"eval scored {ev['eval_symbols']} symbols, the test split has "
-                         f"{split['symbols']}")
+        raise CommandError(f"eval scored {ev['eval_symbols']} symbols, the test split has "
+                           f"{split['symbols']}; see {eval_log}")
+    test_bpc = ev["loss_base2"] * ev["eval_symbols"] / split["bytes"]
+    print(f"  {name}: {test_bpc:.4f} test bits per character ({ev['eval_seconds']:.0f} s)",
+          flush=True)
     pts = curve(out)
-    from reproduce import parse_train
-
-    updates = parse_train(out).get("updates", pts[-1][0] if pts else None)
+    updates = parse_train_summary(out).get("updates", pts[-1][0] if pts else None)
     if updates != cfg["updates"]:
         print(f"  note: {name} stopped after {updates} of {cfg['updates']} updates (the "
               f"{cfg['minutes']:g}-minute cap)", flush=True)
@@ -157,7 +182,7 @@ def run_model(name: str, pattern: str, cfg: Dict, data: Path, split: Dict, work:
         "name": name, "pattern": pattern, "windows": [lo, hi], "max_memory": hi - 1,
         "updates": updates,
         "cost": cost,
-        "test_bpc": ev["loss_base2"] * ev["eval_symbols"] / split["bytes"],
+        "test_bpc": test_bpc,
         "eval_symbols": ev["eval_symbols"], "eval_tokens_per_s": ev["eval_tokens_per_s"],
         "train_tokens_per_s": statistics.median(wps) if wps else None,
         "train_wall_s": round(train_s, 1),
@@ -221,6 +246,8 @@ def main(argv=None) -> int:
                     help="corpus, checkpoints and logs (default runs/demo or runs/demo-quick)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (default: all cores)")
+    ap.add_argument("--verbose", action="store_true",
+                    help="stream fairseq's full logs instead of one progress bar per run")
     args = ap.parse_args(argv)
     cfg = dict(QUICK if args.quick else FULL)
     if args.updates is not None:
@@ -249,7 +276,7 @@ def main(argv=None) -> int:
         pairs = (("SWA", "swa"), ("MSWA", "mswa"))
         if not args.quick and args.updates is None:
             print("[1/4] measuring the speed of both models on this machine", flush=True)
-            spu = {name: probe_seconds_per_update(name, pattern, cfg, data, work)
+            spu = {name: probe_seconds_per_update(name, pattern, cfg, data, work, args.verbose)
                    for name, pattern in pairs}
             fit = int(cfg["train_minutes"] * 60 / sum(spu.values()))
             cfg["updates"] = max(cfg["min_updates"], min(cfg["updates"], fit))
@@ -260,13 +287,13 @@ def main(argv=None) -> int:
         cfg["warmup"] = min(cfg["warmup"], max(1, cfg["updates"] // 10))
         models = []
         for step, (name, pattern) in zip(("[2/4]", "[3/4]"), pairs):
-            m = run_model(name, pattern, cfg, data, split, work, step)
+            m = run_model(name, pattern, cfg, data, split, work, step, args.verbose)
             models.append(m)
             if m["updates"] is not None and m["updates"] < cfg["updates"]:
                 # the machine got slower than the probe said (time cap hit): give the next
                 # model the same number of updates so that the comparison stays fair
                 cfg["updates"] = m["updates"]
-    except ReproError as e:
+    except CommandError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     ref = next(m["cost"] for m in models if m["name"] == "MSWA")
@@ -300,7 +327,8 @@ def main(argv=None) -> int:
     print(f"\n{cfg['batch'] * cfg['segment']} tokens per update; relative cost = sum of the "
           f"windows of all heads of all layers, MSWA = 1.00; tokens/s measured on this machine "
           f"({threads} threads). Total {res['total_wall_s']:.0f} s. Wrote {out / 'demo.json'} "
-          f"and {out / 'demo.png'}")
+          f"and {out / 'demo.png'}.\nFull fairseq logs: {work}/{{SWA,MSWA}}.{{train,eval}}.log"
+          + (f" (speed probes: {work}/*.probe.log)" if "probe_seconds_per_update" in cfg else ""))
     return 0
 
 

@@ -1,30 +1,18 @@
 """End to end through the real fairseq CLIs: preprocess, train, eval-lm, --model-overrides, and
 2-process gloo training equal to 1 process with twice the streams."""
 
-import json
-import os
 import random
-import re
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import CLI_ENV, cli_command, run_cli
 
 import fairseq_mswa
+from fairseq_mswa.run_utils import parse_eval_lm, parse_train_inner
 
 USER_DIR = str(Path(fairseq_mswa.__file__).parent)
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-
-
-def run(cmd, timeout=300, **kw):
-    proc = subprocess.run([str(BIN / cmd[0]), *map(str, cmd[1:])], capture_output=True, text=True,
-                          timeout=timeout, env=ENV, **kw)
-    if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))} failed:\n{proc.stderr[-4000:]}")
-    return proc.stdout + proc.stderr
 
 
 def preprocess(root: Path, lines_per_split, make_line) -> Path:
@@ -32,9 +20,9 @@ def preprocess(root: Path, lines_per_split, make_line) -> Path:
     for split, n in lines_per_split.items():
         (root / f"{split}.txt").write_text("".join(make_line(rng) + "\n" for _ in range(n)))
     dest = root / "bin"
-    run(["fairseq-preprocess", "--only-source", "--trainpref", root / "train.txt",
-         "--validpref", root / "valid.txt", "--testpref", root / "test.txt",
-         "--destdir", dest, "--workers", "1"])
+    run_cli("preprocess", "--only-source", "--trainpref", root / "train.txt",
+            "--validpref", root / "valid.txt", "--testpref", root / "test.txt",
+            "--destdir", dest, "--workers", "1")
     return dest
 
 
@@ -61,17 +49,15 @@ TRAIN = ["--user-dir", USER_DIR, "--task", "mswa_lm", "--arch", "transformer_xl_
 
 
 def train(data, save_dir, *extra, updates=4):
-    return run(["fairseq-train", data, *TRAIN, "--max-update", updates, "--save-dir", save_dir,
-                "--tokens-per-sample", 24, "--batch-size", 4, *extra])
+    return run_cli("train", data, *TRAIN, "--max-update", updates, "--save-dir", save_dir,
+                   "--tokens-per-sample", 24, "--batch-size", 4, *extra)
 
 
 def eval_lm(data, ckpt, *extra, tps=24):
-    out = run(["fairseq-eval-lm", data, "--user-dir", USER_DIR, "--task", "mswa_lm", "--path", ckpt,
-               "--tokens-per-sample", tps, "--batch-size", 2, "--cpu", "--gen-subset", "test", *extra])
-    n = int(re.search(r"Evaluated ([\d,]+) tokens", out).group(1).replace(",", ""))
-    loss = float(re.search(r"Loss \(base 2\): ([\d.]+), Perplexity: ([\d.]+)", out).group(1))
-    ppl = float(re.search(r"Perplexity: ([\d.]+)", out).group(1))
-    return n, loss, ppl
+    ev = parse_eval_lm(run_cli(
+        "eval_lm", data, "--user-dir", USER_DIR, "--task", "mswa_lm", "--path", ckpt,
+        "--tokens-per-sample", tps, "--batch-size", 2, "--cpu", "--gen-subset", "test", *extra))
+    return ev["eval_symbols"], ev["loss_base2"], ev["perplexity"]
 
 
 def test_word_level_every_pattern_and_override(word_data, tmp_path):
@@ -114,12 +100,7 @@ def _free_port():
 
 
 def _losses(log):
-    out = []
-    for line in log.splitlines():
-        m = re.search(r"\| train_inner \| (\{.*\})", line)
-        if m:
-            out.append(float(json.loads(m.group(1))["loss"]))
-    return out
+    return [rec["loss"] for rec in parse_train_inner(log)]
 
 
 def test_two_gloo_ranks_equal_one_process_with_twice_the_streams(word_data, tmp_path):
@@ -128,13 +109,13 @@ def test_two_gloo_ranks_equal_one_process_with_twice_the_streams(word_data, tmp_
     port = _free_port()
     procs = []
     for rank in range(2):
-        cmd = [str(BIN / "fairseq-train"), str(word_data), *map(str, TRAIN), "--max-update", "5",
-               "--save-dir", str(tmp_path / "two"), "--tokens-per-sample", "24", "--batch-size", "2",
-               *map(str, common), "--distributed-world-size", "2", "--distributed-rank", str(rank),
-               "--distributed-init-method", f"tcp://127.0.0.1:{port}", "--distributed-no-spawn",
-               "--distributed-backend", "gloo"]
+        cmd = cli_command(
+            "train", word_data, *TRAIN, "--max-update", 5, "--save-dir", tmp_path / "two",
+            "--tokens-per-sample", 24, "--batch-size", 2, *common, "--distributed-world-size", 2,
+            "--distributed-rank", rank, "--distributed-init-method", f"tcp://127.0.0.1:{port}",
+            "--distributed-no-spawn", "--distributed-backend", "gloo")
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True, env=ENV))
+                                      text=True, env=CLI_ENV))
     logs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), logs[0][-3000:] + logs[1][-3000:]
     double = _losses(logs[0])

@@ -6,7 +6,13 @@ import sys
 
 import pytest
 
-from fairseq_mswa.cost import display, hybrid_cost, table_rows
+from fairseq_mswa.cost import (
+    display,
+    hybrid_cost,
+    linear_attention_layer_cost,
+    table_rows,
+    taylor_feature_count,
+)
 
 PAPER = {
     2: [9.10, 18.20, 1.14, 1.07, 1.07, 1.00],
@@ -68,3 +74,45 @@ def test_cli_text():
         capture_output=True, text=True, check=True, timeout=120,
     ).stdout
     assert "w_ij from 8 to 512" in out and "9.10" in out
+
+
+def test_linear_layer_cost_derivation():
+    assert taylor_feature_count(16) == 153
+    assert taylor_feature_count(16, compact=False) == 273
+    assert linear_attention_layer_cost(8, 64, 16) == pytest.approx(8 * 153 * 65 / 128)
+
+
+def test_cli_table6_shows_both_arithmetic_readings():
+    out = subprocess.run(
+        [sys.executable, "-m", "fairseq_mswa.cost", "--table", "6"],
+        capture_output=True, text=True, check=True, timeout=120,
+    )
+    assert "RuntimeWarning" not in out.stderr  # the plugin import does not re-run the CLI module
+    lines = out.stdout.splitlines()
+    used = next(line for line in lines if "layers+heads x 1/2..5/4 (used)" in line)
+    other = next(line for line in lines if "layers x 1/2..5/4, heads x 1/4..2" in line)
+    assert used.split()[-2:] == ["9408.0", "0.87"]  # (7/8)^2 x 12288
+    assert other.split()[-2:] == ["10080.0", "0.93"]  # 7/8 x 15/16 x 12288
+    arithmetic_row = next(line for line in lines if line.startswith("Arithmetic Progression  "))
+    assert "9408.0" in arithmetic_row  # the row that is run is the 'used' reading
+
+
+def test_cost_counts_the_keys_the_kernel_mask_shows():
+    """A window w covers the w keys ending at the query (itself included), in the cost model and
+    in the kernels alike: the last query's visible keys, summed over all heads of all layers of
+    a schedule (windows 1..32, a full layer, sinks), equal WindowSchedule.cost(n)."""
+    from fairseq_mswa.kernels.dense import visibility_mask
+    from fairseq_mswa.schedule import build_schedule
+
+    n = 100
+    for schedule in (
+        build_schedule(4, 4, 16, "mswa"),  # windows 1 .. 32
+        build_schedule(4, 4, 8, "swa", full_attn_layers=[2], sink_tokens=3),
+        build_schedule(2, 2, windows="[[1, 2], [5, null]]", sink_tokens=1),
+    ):
+        keys = sum(
+            int(visibility_mask(n, n, layer, schedule.sink_tokens)[:, -1].sum())
+            for layer in schedule.windows
+        )
+        assert keys == schedule.cost(seq_len=n)
+    assert int(visibility_mask(n, n, [1])[0, -1].sum()) == 1  # w = 1: the query itself

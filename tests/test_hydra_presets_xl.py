@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fairseq.data import Dictionary
+from conftest import make_dictionary
 from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY
 from omegaconf import OmegaConf
 
@@ -78,9 +78,7 @@ def test_tiny_yaml_builds_the_tiny_model():
         OmegaConf.structured(TransformerXLMSWAConfig(tokens_per_sample=32, max_target_positions=32)),
         yaml_cfg,
     )
-    d = Dictionary()
-    for i in range(20):
-        d.add_symbol(f"w{i}")
+    d = make_dictionary(20)
     task = argparse.Namespace(source_dictionary=d, target_dictionary=d)
     model = TransformerXLMSWALanguageModel.build_model(cfg, task).eval()
     assert len(model.decoder.layers) == 4

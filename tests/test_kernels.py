@@ -4,10 +4,13 @@ Backends that cannot run here (flash without CUDA, flex backward on CPU) are che
 clear errors instead, and skipped with the reason where a check needs hardware we lack.
 """
 
+import importlib
+
 import pytest
 import torch
 
 from fairseq_mswa.kernels import blocked as blocked_mod
+from fairseq_mswa.kernels import dense as dense_mod
 from fairseq_mswa.kernels import flex as flex_mod
 from fairseq_mswa.kernels.blocked import blocked_window_attention
 from fairseq_mswa.kernels.dense import dense_window_attention
@@ -16,6 +19,9 @@ from fairseq_mswa.kernels.window_attention import (
     select_backend,
     window_attention,
 )
+
+# the module (the package exports the function of the same name)
+dispatch_mod = importlib.import_module("fairseq_mswa.kernels.window_attention")
 
 ATOL, RTOL = 2e-5, 1e-4
 
@@ -111,8 +117,12 @@ def test_flex_compiled_inference_equals_dense():
     try:
         with torch.no_grad():
             out = window_attention(q, k, v, windows, sink_tokens=sinks, pos_scores=ps, backend="flex")
-    except Exception as e:  # compile toolchain missing in this environment
-        pytest.skip(f"torch.compile(flex_attention) failed on CPU here: {type(e).__name__}: {e}")
+    except torch._dynamo.exc.BackendCompilerFailed as e:
+        # Inductor wraps "no C++ compiler here" (InvalidCxxCompiler) and a failing compiler
+        # (CppCompileError) in InductorError, a BackendCompilerFailed; anything else is a bug
+        if not any(name in str(e) for name in ("InvalidCxxCompiler", "CppCompileError")):
+            raise
+        pytest.skip(f"no working C++ toolchain for torch.compile here: {str(e)[:200]}")
     _assert_close(out, ref, "compiled flex output")
 
 
@@ -239,3 +249,29 @@ def test_scale_is_honoured():
     for backend in ("blocked", "auto"):
         out = window_attention(q, k, v, windows, pos_scores=ps, scale=0.3, backend=backend)
         _assert_close(out, dense_window_attention(q, k, v, windows, 0, ps, scale=0.3), backend)
+
+
+def test_inputs_are_checked_once_per_call(monkeypatch):
+    """window_attention checks the inputs once and calls the backends' unchecked forms; the
+    public backend functions still check when called directly."""
+    calls = []
+    real = dispatch_mod.check_inputs
+    monkeypatch.setattr(dispatch_mod, "check_inputs", lambda *a: calls.append(1) or real(*a))
+
+    def recheck(*a):
+        raise AssertionError("a backend re-checked inputs the dispatcher had checked")
+
+    for mod in (dense_mod, blocked_mod, flex_mod):
+        monkeypatch.setattr(mod, "check_inputs", recheck)
+    q, k, v, _, _ = _inputs(40, 3, [4, None], None, grad=False)
+    backends = ["dense", "blocked"] + ([] if flex_mod._IMPORT_ERROR else ["flex"])
+    for backend in backends:
+        with torch.no_grad():
+            window_attention(q, k, v, [4, None], backend=backend)
+    assert len(calls) == len(backends)
+    monkeypatch.undo()
+    for fn in (dense_window_attention, blocked_window_attention):
+        with pytest.raises(ValueError, match="one window per head"):
+            fn(q, k, v, [4])
+    with pytest.raises(ValueError, match="dropout_p"):
+        dense_window_attention(q, k, v, [4, None], dropout_p=1.5)

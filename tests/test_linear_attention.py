@@ -21,7 +21,7 @@ from fairseq_mswa.modules.linear_layer import TaylorLinearAttention
 from fairseq_mswa.modules.local_attention import LocalAttention
 from fairseq_mswa.modules.norms import RMSNorm
 from fairseq_mswa.modules.rotary import RotaryEmbedding, apply_rotary, rotary_cos_sin
-from fairseq_mswa.schedule import linear_attention_layer_cost, taylor_feature_count
+from fairseq_mswa.cost import linear_attention_layer_cost, taylor_feature_count
 
 
 def _qkv(b=2, h=3, length=37, d=16, dv=8, dtype=torch.float32, seed=0, requires_grad=False):

@@ -2,19 +2,15 @@
 presets and YAML configs, and fairseq-train + fairseq-eval-lm end to end for every Table 3 preset."""
 
 import argparse
-import os
 import random
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import FakeTask, run_cli
 from omegaconf import OmegaConf
 
 import fairseq_mswa
-from fairseq.data import Dictionary
 from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY
 from fairseq_mswa.cost import hybrid_cost, table_rows
 from fairseq_mswa.models.linear_mswa import (
@@ -25,6 +21,7 @@ from fairseq_mswa.models.linear_mswa import (
     linear_layer_indices,
     local_layer_indices,
 )
+from fairseq_mswa.run_utils import parse_eval_lm
 from fairseq_mswa.schedule import ScheduleError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,20 +43,13 @@ def preset_config(arch: str, **overrides) -> LinearMSWAConfig:
     return LinearMSWAConfig.from_namespace(args)
 
 
-class _Task:
-    def __init__(self, vocab=40):
-        self.source_dictionary = self.target_dictionary = Dictionary()
-        for i in range(vocab):
-            self.source_dictionary.add_symbol(f"w{i}")
-
-
 def tiny_model(arch="linear_mswa_tiny", **overrides) -> LinearMSWALanguageModel:
     overrides.setdefault("max_target_positions", 128)
     torch.manual_seed(0)
-    return LinearMSWALanguageModel.build_model(preset_config(arch, **overrides), _Task()).eval()
+    return LinearMSWALanguageModel.build_model(preset_config(arch, **overrides), FakeTask(40)).eval()
 
 
-V = len(_Task().source_dictionary)  # 40 words + 4 special symbols
+V = len(FakeTask(40).source_dictionary)  # 40 words + 4 special symbols
 TINY = dict(decoder_embed_dim=32, decoder_ffn_embed_dim=64, decoder_attention_heads=4,
             feature_dim=8, linear_chunk_size=8, base_window=16, dropout=0.0)
 
@@ -231,17 +221,6 @@ def test_yaml_config_matches_preset(arch):
 
 # --- fairseq-train + fairseq-eval-lm end to end -----------------------------------------------
 
-def _run(cmd, timeout=120):
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    assert p.returncode == 0, f"{' '.join(map(str, cmd))}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
-    return p.stdout + p.stderr
-
-
-def _cli(name):
-    return [sys.executable, "-c", f"from fairseq_cli.{name} import cli_main; cli_main()"]
-
-
 @pytest.fixture(scope="module")
 def tiny_corpus(tmp_path_factory):
     """A binarized word corpus with structure to learn: counting phrases over a 30-word vocab."""
@@ -258,37 +237,34 @@ def tiny_corpus(tmp_path_factory):
 
     for split, n in (("train", 400), ("valid", 40), ("test", 40)):
         (root / f"{split}.txt").write_text(lines(n))
-    _run(_cli("preprocess") + [
+    run_cli("preprocess", *[
         "--only-source", "--trainpref", str(root / "train.txt"), "--validpref",
         str(root / "valid.txt"), "--testpref", str(root / "test.txt"), "--destdir",
         str(root / "bin"), "--workers", "1",
-    ])
+    ], timeout=120)
     return root / "bin"
 
 
 E2E_TINY = ["--decoder-embed-dim", "32", "--decoder-ffn-embed-dim", "64",
             "--decoder-attention-heads", "4", "--feature-dim", "8", "--linear-chunk-size", "16",
             "--base-window", "16", "--dropout", "0.0"]
-EVAL_TOKENS = re.compile(r"Evaluated (\d+) tokens")
-EVAL_LOSS = re.compile(r"Loss \(base 2\): ([\d.]+), Perplexity: ([\d.]+)")
 
 
 def _train_and_eval(data, save, arch, extra, updates):
     common = [str(data), "--user-dir", str(USER_DIR), "--task", "language_modeling",
               "--tokens-per-sample", "64", "--cpu", "--num-workers", "0"]
-    _run(_cli("train") + common + [
+    run_cli("train", *common + [
         "--arch", arch, "--sample-break-mode", "none", "--criterion", "cross_entropy",
         "--optimizer", "adam", "--lr", "3e-3", "--batch-size", "8", "--max-update", str(updates),
         "--save-dir", str(save), "--no-epoch-checkpoints", "--log-format", "simple",
         "--log-interval", "1", "--seed", "1", "--disable-validation",
     ] + E2E_TINY + extra, timeout=180)
-    out = _run(_cli("eval_lm") + common + [
+    out = run_cli("eval_lm", *common + [
         "--path", str(save / "checkpoint_last.pt"), "--gen-subset", "test", "--batch-size", "4",
         "--log-format", "simple",
     ])
-    tokens, loss = EVAL_TOKENS.search(out), EVAL_LOSS.search(out)
-    assert tokens and loss, out[-2000:]
-    return int(tokens.group(1)), float(loss.group(1)), float(loss.group(2))
+    ev = parse_eval_lm(out)
+    return ev["eval_symbols"], ev["loss_base2"], ev["perplexity"]
 
 
 @pytest.mark.parametrize("arch", [

@@ -8,8 +8,7 @@ from fairseq_mswa.schedule import (
     ScheduleError,
     build_schedule,
     group_multipliers,
-    linear_attention_layer_cost,
-    taylor_feature_count,
+    group_of,
 )
 
 
@@ -83,10 +82,14 @@ def test_explicit_windows():
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(num_layers=12, num_heads=6, base_window=128, pattern="mswa"), "divisible by 4"),
-        (dict(num_layers=10, num_heads=8, base_window=128, pattern="mswa-l"), "divisible by 4"),
-        (dict(num_layers=12, num_heads=8, base_window=8, pattern="mswa"), "below 1"),
-        (dict(num_layers=12, num_heads=8, base_window=100, pattern="mswa"), "not an integer"),
+        (dict(num_layers=12, num_heads=8, base_window=8, pattern="mswa"), "below 1.*multiple of 16"),
+        (dict(num_layers=12, num_heads=8, base_window=100, pattern="mswa"),
+         "not an integer.*multiple of 16"),
+        # mswa + arithmetic: 3/4 x 3/4 = 9/16, so the base must be a multiple of 16 (not 8)
+        (dict(num_layers=12, num_heads=8, base_window=8, pattern="mswa", variation="arithmetic"),
+         "9/16 = 4.5 is not an integer.*multiple of 16"),
+        (dict(num_layers=12, num_heads=8, base_window=6, pattern="mswa-l", variation="arithmetic"),
+         "multiple of 4"),
         (dict(num_layers=12, num_heads=8, base_window=128, pattern="sliding"), "unknown attention pattern"),
         (dict(num_layers=12, num_heads=8, base_window=128, variation="cubic"), "unknown window variation"),
         (dict(num_layers=12, num_heads=8, base_window=None, pattern="swa"), "--base-window"),
@@ -103,7 +106,42 @@ def test_bad_schedules_name_the_fix(kwargs, match):
         build_schedule(**kwargs)
 
 
-def test_linear_layer_cost_derivation():
-    assert taylor_feature_count(16) == 153
-    assert taylor_feature_count(16, compact=False) == 273
-    assert linear_attention_layer_cost(8, 64, 16) == pytest.approx(8 * 153 * 65 / 128)
+
+def test_groups_are_table1_ranges():
+    """Layer t (1-indexed) is in group g iff g*l/G < t <= (g+1)*l/G; divisible counts give the
+    paper's consecutive equal groups."""
+    for count in range(1, 25):
+        for groups in (1, 2, 3, 4):
+            for i in range(count):
+                g, t = group_of(i, count, groups), i + 1
+                assert g * count < t * groups <= (g + 1) * count
+                if count % groups == 0:
+                    assert g == i // (count // groups)
+    assert [group_of(i, 6, 4) for i in range(6)] == [0, 1, 1, 2, 3, 3]
+    assert [group_of(i, 5, 4) for i in range(5)] == [0, 1, 2, 3, 3]
+
+
+def test_layers_and_heads_not_divisible_by_the_groups():
+    six = build_schedule(6, 8, 128, "mswa-l")  # layer groups 1, 2, 1, 2
+    assert [row[0] for row in six.windows] == [32, 64, 64, 128, 256, 256]
+    five = build_schedule(5, 8, 128, "mswa-l")  # layer groups 1, 1, 1, 2
+    assert [row[0] for row in five.windows] == [32, 64, 128, 256, 256]
+    heads6 = build_schedule(4, 6, 64, "mswa-h")  # head groups 1, 2, 1, 2
+    assert all(row == (16, 32, 32, 64, 128, 128) for row in heads6.windows)
+    both = build_schedule(6, 6, 128, "mswa")
+    assert both.windows[0] == (8, 16, 16, 32, 64, 64)
+    assert both.windows[-1] == (64, 128, 128, 256, 512, 512)
+    assert both.cost() == sum(sum(row) for row in both.windows)
+
+
+def test_arithmetic_two_readings():
+    """Default: the arithmetic multipliers split layers and heads; the other reading keeps the
+    heads' geometric split (the paper's example fixes the layer windows only)."""
+    both = build_schedule(12, 8, 128, "mswa", "arithmetic")
+    layers_only = build_schedule(12, 8, 128, "mswa", "arithmetic", head_variation="geometric")
+    assert [row[4] for row in both.windows[::3]] == [64, 96, 128, 160]  # Table 6's example
+    assert [row[4] for row in layers_only.windows[::3]] == [64, 96, 128, 160]
+    assert both.windows[0][:: 2] == (32, 48, 64, 80)
+    assert layers_only.windows[0][::2] == (16, 32, 64, 128)
+    assert both.cost() == 12288 * 7 * 7 // 64  # (7/8)^2 of SWA
+    assert layers_only.cost() == 12288 * 7 * 15 // 128  # 7/8 x 15/16

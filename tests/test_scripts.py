@@ -253,3 +253,9 @@ def test_demo_quick(tmp_path):
     assert mswa["relative_cost"] == 1.0
     assert (tmp_path / "out" / "demo.png").read_bytes()[:4] == b"\x89PNG"
     assert "| SWA |" in out and "| MSWA |" in out
+    # quiet: fairseq's logs go to files (named at the end), not to the terminal
+    assert "| INFO |" not in out and "train_inner" not in out
+    assert "Full fairseq logs:" in out
+    for name in ("SWA", "MSWA"):
+        assert "| train_inner |" in (tmp_path / "work" / f"{name}.train.log").read_text()
+        assert "Evaluated" in (tmp_path / "work" / f"{name}.eval.log").read_text()

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from fairseq.data import Dictionary
+from conftest import FakeTask
 from omegaconf import OmegaConf
 
 from fairseq_mswa.models.transformer_xl_mswa import (
@@ -22,14 +22,6 @@ from fairseq_mswa.stream import StreamState
 VOCAB = 23
 
 
-class _Task:
-    def __init__(self):
-        d = Dictionary()
-        for i in range(VOCAB):
-            d.add_symbol(f"w{i}")
-        self.source_dictionary = self.target_dictionary = d
-
-
 def build(seed=0, **overrides):
     cfg = OmegaConf.structured(TransformerXLMSWAConfig(tokens_per_sample=32, max_target_positions=32))
     preset = argparse.Namespace()
@@ -37,7 +29,7 @@ def build(seed=0, **overrides):
     for k, v in {**vars(preset), **overrides}.items():
         cfg[k] = v
     torch.manual_seed(seed)
-    model = TransformerXLMSWALanguageModel.build_model(cfg, _Task()).eval()
+    model = TransformerXLMSWALanguageModel.build_model(cfg, FakeTask(VOCAB)).eval()
     with torch.no_grad():  # break the symmetry of zero-initialised biases
         for name, p in model.named_parameters():
             if name.endswith(("u_bias", "v_bias")):
@@ -151,8 +143,12 @@ def test_override_pattern_keeps_parameters():
     """Windows are not parameters: every pattern loads the same state dict."""
     ref = build(attn_pattern="mswa").state_dict()
     for pattern in ("full", "swa", "mswa-h", "mswa-l"):
-        model = build(attn_pattern=pattern, base_window=16)
-        model.load_state_dict(ref)
+        model = build(seed=1, attn_pattern=pattern, base_window=16)
+        own = model.state_dict()
+        assert {k: v.shape for k, v in own.items()} == {k: v.shape for k, v in ref.items()}, pattern
+        result = model.load_state_dict(ref)  # strict: raises on any missing / unexpected key
+        assert not result.missing_keys and not result.unexpected_keys
+        assert all(torch.equal(v, ref[k]) for k, v in model.state_dict().items()), pattern
 
 
 def test_sinks_are_seen_from_far_away():

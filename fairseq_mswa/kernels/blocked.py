@@ -31,14 +31,13 @@ matmul path): the same distribution as dropping the dense probabilities.
 """
 
 from functools import lru_cache
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
 
+from .common import Windows, check_inputs, group_heads
 from .dense import distance_scores, visibility_mask
-
-Windows = Sequence[Optional[int]]
 
 # Query block size per window, tuned on a 2-core CPU (scripts/bench_attention.py, fwd+bwd of
 # 2-head groups at L=4096): the work per query is bq + w - 1 keys, so small windows want small
@@ -58,19 +57,6 @@ def default_block_size(window: int) -> int:
     while bq < window:
         bq *= 2
     return max(MIN_BLOCK, min(MAX_BLOCK, bq))
-
-
-def effective_window(window: Optional[int], lk: int) -> Optional[int]:
-    """``None`` when the window reaches every key (w >= Lk is full causal attention)."""
-    return None if window is None or window >= lk else int(window)
-
-
-def group_heads(windows: Windows, lk: int) -> List[Tuple[Optional[int], List[int]]]:
-    """Heads grouped by effective window, in order of first appearance: [(w, [heads])]."""
-    groups: Dict[Optional[int], List[int]] = {}
-    for h, w in enumerate(windows):
-        groups.setdefault(effective_window(w, lk), []).append(h)
-    return list(groups.items())
 
 
 @lru_cache(maxsize=64)
@@ -213,8 +199,16 @@ def blocked_window_attention(
     block_size: Optional[int] = None,
 ) -> torch.Tensor:
     """Blocked window attention. q (B, H, Lq, D), k/v (B, H, Lk, D), windows one per head,
-    pos_scores (B, H, Lq, R) or None. Returns (B, H, Lq, D). Inputs are assumed checked
-    (``dense.check_inputs``); ``block_size`` overrides :func:`default_block_size`."""
+    pos_scores (B, H, Lq, R) or None. Returns (B, H, Lq, D). ``block_size`` overrides
+    :func:`default_block_size`."""
+    check_inputs(q, k, v, windows, sink_tokens, pos_scores, dropout_p)
+    return blocked_window_attention_unchecked(q, k, v, windows, sink_tokens, pos_scores,
+                                              dropout_p, scale, block_size)
+
+
+def blocked_window_attention_unchecked(q, k, v, windows: Windows, sink_tokens=0, pos_scores=None,
+                                       dropout_p=0.0, scale=None, block_size=None) -> torch.Tensor:
+    """``blocked_window_attention`` without the input checks (``window_attention`` ran them)."""
     b, h, lq, d = q.shape
     lk = k.shape[2]
     scale = d ** -0.5 if scale is None else scale

@@ -12,35 +12,12 @@ Conventions shared by every backend (see ``window_attention``):
   with its ``clamp_len`` behaviour for distances beyond R - 1).
 """
 
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-Windows = Sequence[Optional[int]]
-
-
-def check_inputs(q, k, v, windows: Windows, sink_tokens: int, pos_scores) -> None:
-    """Shape checks common to all backends; raises ValueError naming the mismatch."""
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError("q, k, v must be 4-D (batch, heads, length, head_dim)")
-    b, h, lq, _ = q.shape
-    if k.shape[:2] != (b, h) or v.shape[:3] != k.shape[:3] or k.shape[-1] != q.shape[-1]:
-        raise ValueError(f"incompatible q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
-    if k.shape[2] < lq:
-        raise ValueError(f"keys ({k.shape[2]}) must be at least as long as queries ({lq})")
-    if len(windows) != h:
-        raise ValueError(f"got {len(windows)} windows for {h} heads: give one window per head")
-    for w in windows:
-        if w is not None and w < 1:
-            raise ValueError(f"window {w} < 1: windows must be >= 1 (None = full attention)")
-    if sink_tokens < 0:
-        raise ValueError("sink_tokens must be >= 0")
-    if pos_scores is not None and (pos_scores.dim() != 4 or pos_scores.shape[:3] != (b, h, lq)):
-        raise ValueError(
-            f"pos_scores must be (batch, heads, queries, R) = ({b}, {h}, {lq}, R), "
-            f"got {tuple(pos_scores.shape)}"
-        )
+from .common import Windows, check_inputs
 
 
 def visibility_mask(
@@ -82,7 +59,14 @@ def dense_window_attention(
     scale: Optional[float] = None,
 ) -> torch.Tensor:
     """Reference: materialise all (Lq, Lk) scores, mask, softmax. Returns (B, H, Lq, D)."""
-    check_inputs(q, k, v, windows, sink_tokens, pos_scores)
+    check_inputs(q, k, v, windows, sink_tokens, pos_scores, dropout_p)
+    return dense_window_attention_unchecked(q, k, v, windows, sink_tokens, pos_scores, dropout_p,
+                                            scale)
+
+
+def dense_window_attention_unchecked(q, k, v, windows: Windows, sink_tokens=0, pos_scores=None,
+                                     dropout_p=0.0, scale=None) -> torch.Tensor:
+    """``dense_window_attention`` without the input checks (``window_attention`` ran them)."""
     lq, lk = q.shape[2], k.shape[2]
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale

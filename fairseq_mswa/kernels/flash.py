@@ -8,11 +8,11 @@ No sink tokens, no ``pos_scores``: ``unsupported_reason`` says so and the dispat
 another backend. flash-attn is imported lazily (it is optional).
 """
 
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 
-Windows = Sequence[Optional[int]]
+from .common import Windows, check_inputs, group_heads
 
 
 def _import_flash():
@@ -53,16 +53,21 @@ def flash_window_attention(
 ) -> torch.Tensor:
     """flash-attn window attention. q (B, H, Lq, D), k/v (B, H, Lk, D). Returns (B, H, Lq, D).
     Raises ValueError when it cannot serve the inputs."""
+    check_inputs(q, k, v, windows, sink_tokens, pos_scores, dropout_p)
     reason = unsupported_reason(q, k, v, windows, sink_tokens, pos_scores, dropout_p)
     if reason:
         raise ValueError(f"flash backend: {reason}; use backend='blocked' or 'flex'")
+    return flash_window_attention_unchecked(q, k, v, windows, sink_tokens, pos_scores, dropout_p,
+                                            scale)
+
+
+def flash_window_attention_unchecked(q, k, v, windows: Windows, sink_tokens=0, pos_scores=None,
+                                     dropout_p=0.0, scale=None) -> torch.Tensor:
+    """``flash_window_attention`` without the checks (``window_attention`` ran them, and
+    ``unsupported_reason``)."""
     flash_attn_func = _import_flash()
-    lk = k.shape[2]
-    groups = {}
-    for h, w in enumerate(windows):
-        groups.setdefault(None if w is None or w >= lk else int(w), []).append(h)
     out = torch.empty_like(q)
-    for w, heads in groups.items():
+    for w, heads in group_heads(windows, k.shape[2]):
         idx = torch.tensor(heads, device=q.device)
         # flash-attn layout is (B, L, H, D)
         qg, kg, vg = (x.index_select(1, idx).transpose(1, 2) for x in (q, k, v))

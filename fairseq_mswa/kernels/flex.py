@@ -15,9 +15,11 @@ the fused kernel through ``torch.compile`` (first call per shape compiles, ~20 s
 """
 
 from collections import OrderedDict
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import torch
+
+from .common import Windows, check_inputs, effective_window
 
 try:  # PyTorch >= 2.5
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
@@ -27,7 +29,6 @@ except ImportError as e:  # pragma: no cover - depends on the installed torch
     create_block_mask = flex_attention = None
     _IMPORT_ERROR = f"torch.nn.attention.flex_attention is unavailable ({e}); needs torch >= 2.5"
 
-Windows = Sequence[Optional[int]]
 
 
 class BlockMaskCache:
@@ -78,7 +79,8 @@ def unsupported_reason(q, k, v, windows, sink_tokens, pos_scores, dropout_p) -> 
 
 def _window_tensor(windows: Windows, lk: int, device) -> torch.Tensor:
     """(H,) int window per head; full heads (None) get lk + 1 (longer than any distance)."""
-    return torch.tensor([lk + 1 if w is None else min(w, lk + 1) for w in windows], device=device)
+    return torch.tensor([lk + 1 if effective_window(w, lk) is None else w for w in windows],
+                        device=device)
 
 
 def _mask_mod(win: torch.Tensor, mem: int, sinks: int):
@@ -115,9 +117,18 @@ def flex_window_attention(
 ) -> torch.Tensor:
     """FlexAttention window attention. q (B, H, Lq, D), k/v (B, H, Lk, D), pos_scores
     (B, H, Lq, R) or None. Returns (B, H, Lq, D). Raises ValueError when it cannot serve."""
+    check_inputs(q, k, v, windows, sink_tokens, pos_scores, dropout_p)
     reason = unsupported_reason(q, k, v, windows, sink_tokens, pos_scores, dropout_p)
     if reason:
         raise ValueError(f"flex backend: {reason}; use backend='blocked'")
+    return flex_window_attention_unchecked(q, k, v, windows, sink_tokens, pos_scores, dropout_p,
+                                           scale, compiled)
+
+
+def flex_window_attention_unchecked(q, k, v, windows: Windows, sink_tokens=0, pos_scores=None,
+                                    dropout_p=0.0, scale=None, compiled=True) -> torch.Tensor:
+    """``flex_window_attention`` without the checks (``window_attention`` ran them, and
+    ``unsupported_reason``)."""
     lq, lk = q.shape[2], k.shape[2]
     mem = lk - lq
     block_mask = block_mask_for(lq, lk, windows, sink_tokens, q.device)

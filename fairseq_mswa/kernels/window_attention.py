@@ -16,29 +16,27 @@ Backends:
 An explicit backend that cannot serve the inputs raises ValueError naming one that can.
 """
 
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Optional
 
 import torch
 
 from . import flash as _flash
 from . import flex as _flex
-from .blocked import blocked_window_attention
-from .dense import check_inputs, dense_window_attention
-
-Windows = Sequence[Optional[int]]
-
-BACKENDS = ("auto", "dense", "blocked", "flex", "flash")
+from .blocked import blocked_window_attention_unchecked
+from .common import BACKENDS, Windows, check_inputs
+from .dense import dense_window_attention_unchecked
 
 # On CPU, `auto` uses the dense reference up to this many (query, key) scores per head: there
 # one masked matmul beats the blocked layout (fwd+bwd, 8 heads, windows 2..16: dense is faster
 # up to L=128 and 2x slower at L=256; scripts/bench_attention.py --tiny measures it).
 DENSE_MAX_SCORES = 128 * 128
 
+# the dispatcher checks the inputs once, then calls the backends' unchecked forms
 _FUNCTIONS: Dict[str, Callable] = {
-    "dense": dense_window_attention,
-    "blocked": blocked_window_attention,
-    "flex": _flex.flex_window_attention,
-    "flash": _flash.flash_window_attention,
+    "dense": dense_window_attention_unchecked,
+    "blocked": blocked_window_attention_unchecked,
+    "flex": _flex.flex_window_attention_unchecked,
+    "flash": _flash.flash_window_attention_unchecked,
 }
 
 
@@ -105,9 +103,7 @@ def window_attention(
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}: use one of {', '.join(BACKENDS)}")
     windows = list(windows)
-    check_inputs(q, k, v, windows, sink_tokens, pos_scores)
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    check_inputs(q, k, v, windows, sink_tokens, pos_scores, dropout_p)
     if backend == "auto":
         backend = select_backend(q, k, v, windows, sink_tokens, pos_scores, dropout_p)
     else:
@@ -118,7 +114,4 @@ def window_attention(
                 f"attention backend {backend!r} cannot serve these inputs: {reason}. "
                 f"Use backend={fallback!r} (or 'auto')."
             )
-    return _FUNCTIONS[backend](
-        q, k, v, windows, sink_tokens=sink_tokens, pos_scores=pos_scores,
-        dropout_p=dropout_p, scale=scale,
-    )
+    return _FUNCTIONS[backend](q, k, v, windows, sink_tokens, pos_scores, dropout_p, scale)

@@ -19,7 +19,7 @@ per-head rolling ``WindowKVCache`` of a local layer, the recurrent state of a li
 full-attention decode. Sampling: fairseq-interactive / the hub interface (README, "Sampling").
 
 Cost: ``local_layer_indices`` / ``linear_layer_indices`` give the map from layers to the schedule that
-``fairseq_mswa.cost`` uses (a linear layer costs ``schedule.linear_attention_layer_cost()``).
+``fairseq_mswa.cost`` uses (a linear layer costs ``cost.linear_attention_layer_cost()``).
 """
 
 import math

@@ -11,11 +11,12 @@ from typing import List
 
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
+from ..kernels.common import BACKENDS
 from ..schedule import PATTERNS, VARIATIONS, ScheduleError, WindowSchedule, build_schedule
 
 ATTN_PATTERN_CHOICES = ChoiceEnum(list(PATTERNS))
 WINDOW_VARIATION_CHOICES = ChoiceEnum(list(VARIATIONS))
-ATTN_BACKEND_CHOICES = ChoiceEnum(["auto", "dense", "blocked", "flex", "flash"])
+ATTN_BACKEND_CHOICES = ChoiceEnum(list(BACKENDS))
 
 
 @dataclass
@@ -35,7 +36,7 @@ class WindowAttentionConfig(FairseqDataclass):
         },
     )
     window_groups: int = field(
-        default=4, metadata={"help": "number of head groups and of layer groups"}
+        default=4, metadata={"help": "number of head groups and of layer groups (ranges as in Table 1: counts need not be divisible)"}
     )
     attn_windows: str = field(
         default="",

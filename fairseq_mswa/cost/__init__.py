@@ -24,17 +24,42 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional
 
-from .schedule import WindowSchedule, build_schedule, linear_attention_layer_cost
+from ..schedule import WindowSchedule, build_schedule
 
 NUM_LAYERS = 12
 NUM_HEADS = 8
 HEAD_DIM = 64
 FEATURE_DIM = 16
 REFERENCE = dict(pattern="mswa", base_window=128)  # the paper's "1.00" row of Tables 2, 3, 5
+
+
+# --- cost of non-softmax layers --------------------------------------------------------------
+
+def taylor_feature_count(feature_dim: int = 16, compact: bool = True) -> int:
+    """Features of the 2nd-order Taylor map: 1 + d + d(d+1)/2 compact (153 for d=16), else
+    1 + d + d^2 (273)."""
+    if compact:
+        return 1 + feature_dim + feature_dim * (feature_dim + 1) // 2
+    return 1 + feature_dim + feature_dim * feature_dim
+
+
+def linear_attention_layer_cost(
+    num_heads: int = 8, head_dim: int = 64, feature_dim: int = 16
+) -> float:
+    """Cost of one linear-attention layer in the unit of ``WindowSchedule.cost`` (KV-cache tokens).
+
+    A softmax head keeps one key and one value (2 x head_dim numbers) per attended token. A
+    linear-attention head keeps a recurrent state of F x head_dim numbers plus an F-entry
+    normaliser, with F the compact Taylor feature count. Per layer:
+    ``num_heads * F * (head_dim + 1) / (2 * head_dim)`` token-equivalents = 621.6 for 8 heads,
+    d = 16, head_dim = 64. Time per token scales the same way (F x (head_dim + 1) multiply-adds
+    against 2 x head_dim per attended key), so one number serves both as in Table 2.
+    """
+    f = taylor_feature_count(feature_dim, compact=True)
+    return num_heads * f * (head_dim + 1) / (2 * head_dim)
 
 
 @dataclass
@@ -86,10 +111,11 @@ def _setting(schedule: WindowSchedule, seq_len: Optional[int]) -> str:
 
 
 def _row(table, name, pattern, base_window=None, variation="geometric", seq_len=None,
-         layer_pattern=None, paper=None) -> Row:
+         layer_pattern=None, paper=None, head_variation=None) -> Row:
     n_layers = layer_pattern.count("A") if layer_pattern else NUM_LAYERS
     if n_layers:
-        schedule = build_schedule(n_layers, NUM_HEADS, base_window, pattern, variation)
+        schedule = build_schedule(n_layers, NUM_HEADS, base_window, pattern, variation,
+                                  head_variation=head_variation)
         setting = _setting(schedule, seq_len)
     else:
         schedule, setting = None, "linear only"
@@ -140,6 +166,21 @@ def table_rows(table: int) -> List[Row]:
     raise ValueError(f"no table {table}: use 2, 3, 5 or 6")
 
 
+# The paper's arithmetic example (Table 6) gives the layer windows only (base 128 -> 64, 96, 128,
+# 160). Two readings of how the heads of a layer split its window; the first is what
+# --window-variation arithmetic builds (and what table_rows(6) runs).
+ARITHMETIC_READINGS = (
+    ("layers+heads x 1/2..5/4 (used)", None),
+    ("layers x 1/2..5/4, heads x 1/4..2", "geometric"),
+)
+
+
+def arithmetic_reading_rows() -> List[Row]:
+    """Cost of both readings of Table 6's arithmetic progression (MSWA, base 128)."""
+    return [_row(6, f"  {label}", "mswa", 128, "arithmetic", head_variation=heads)
+            for label, heads in ARITHMETIC_READINGS]
+
+
 def display(value: float, table: int) -> str:
     """Two decimals the way the paper prints them: truncated in Table 3, rounded elsewhere."""
     if table == 3:
@@ -177,12 +218,19 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true", help="print a JSON list of rows")
     args = parser.parse_args(argv)
     rows = table_rows(args.table)
+    readings = arithmetic_reading_rows() if args.table == 6 else []
     if args.json:
-        print(json.dumps(as_dicts(rows), indent=2))
+        print(json.dumps(as_dicts(rows) + [dict(d, row="Arithmetic Progression: " + d["row"].strip(),
+                        reading_of="Arithmetic Progression") for d in as_dicts(readings)],
+                         indent=2))
     else:
         print(format_table(rows))
+        if readings:
+            print("\nArithmetic Progression, two readings (the paper's example fixes only the "
+                  "layer windows\n64, 96, 128, 160; 'used' is what --window-variation arithmetic "
+                  "builds and the row above):")
+            for r in readings:
+                print(f"{r.row:36s} {r.setting:24s} {r.cost:10.1f} "
+                      f"{display(r.relative_cost, 6):>9s}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

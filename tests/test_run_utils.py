@@ -1,0 +1,72 @@
+"""fairseq_mswa.run_utils: fairseq log parsing (real log lines), atomic writes, logged runs."""
+
+import io
+import json
+import sys
+
+import pytest
+
+from fairseq_mswa.run_utils import (
+    CommandError,
+    TrainProgress,
+    parse_eval_lm,
+    parse_train_inner,
+    parse_train_summary,
+    run_logged,
+    write_json_atomic,
+)
+
+# lines as fairseq 0.12 prints them (--log-format simple / json)
+INNER = ("2026-11-23 13:42:48 | INFO | train_inner | epoch 001:      2 / 563 loss=6.485, "
+         "ppl=89.56, wps=5834.9, ups=91.16, wpb=64, bsz=2, num_updates=2, lr=0.000707107, "
+         "gnorm=2.367, clip=100, train_wall=0, wall=1")
+INNER_JSON = ('2026-11-23 13:42:48 | INFO | train_inner | {"epoch": 1, "update": 0.004, '
+              '"loss": "6.485", "wps": "5834.9", "num_updates": "1200"}')
+SUMMARY = ("2026-11-23 13:42:48 | INFO | train | epoch 001 | loss 7.317 | ppl 159.43 | "
+           "wps 3151.1 | ups 48.93 | wpb 64 | bsz 2 | num_updates 3 | lr 0.00057735 | "
+           "train_wall 0 | wall 1")
+
+
+def test_parse_eval_lm_thousands_separator(eval_lm_output):
+    assert eval_lm_output(1234567, 6.9264, 121.64) .count("1,234,567") == 1
+    ev = parse_eval_lm(eval_lm_output(1234567, 6.9264, 121.64))
+    assert ev["eval_symbols"] == 1_234_567
+    assert ev["loss_base2"] == 6.9264 and ev["perplexity"] == 121.64
+    assert parse_eval_lm(eval_lm_output(999, 1.5, 2.83))["eval_symbols"] == 999
+    with pytest.raises(CommandError, match="Evaluated N tokens"):
+        parse_eval_lm("INFO:fairseq_cli.eval_lm:nothing here")
+
+
+def test_parse_train_lines():
+    assert parse_train_inner(INNER) == [{"update": 2, "loss": 6.485, "wps": 5834.9}]
+    assert parse_train_inner(INNER_JSON) == [{"update": 1200, "loss": 6.485, "wps": 5834.9}]
+    assert parse_train_inner(SUMMARY + "\nunrelated") == []
+    s = parse_train_summary("\n".join([INNER, SUMMARY]))
+    assert s == {"train_loss_base2": 7.317, "train_tokens_per_s": 3151.1, "updates": 3,
+                 "train_wall_s": 0.0}
+
+
+def test_train_progress_follows_the_log():
+    bar = TrainProgress("x", total=10, file=io.StringIO())
+    for line in (INNER, INNER.replace("num_updates=2", "num_updates=5"), SUMMARY):
+        bar(line)
+    assert bar.updates == 5 and bar.bar.n == 5
+    bar(SUMMARY.replace("num_updates 3", "num_updates 7"))  # the final summary wins
+    assert bar.updates == 7
+    bar.close()
+
+
+def test_write_json_atomic(tmp_path):
+    path = tmp_path / "sub" / "r.json"
+    write_json_atomic(path, {"b": 1, "a": [1, 2]})
+    assert json.loads(path.read_text()) == {"a": [1, 2], "b": 1}
+    assert sorted(p.name for p in path.parent.iterdir()) == ["r.json"]  # no temporary left
+
+
+def test_run_logged_tees_to_the_log(tmp_path):
+    seen = []
+    code = "import sys; print('out'); print('err', file=sys.stderr); sys.exit(3)"
+    rc, out = run_logged([sys.executable, "-c", code], tmp_path / "x.log", on_line=seen.append)
+    assert rc == 3 and sorted(out.split()) == ["err", "out"] and len(seen) == 2
+    log = (tmp_path / "x.log").read_text()
+    assert log.startswith("$ ") and "out\n" in log and "err\n" in log
