@@ -70,10 +70,18 @@ class RelMultiheadWindowAttention(nn.Module):
         self.v_bias = nn.Parameter(torch.zeros(num_heads, self.head_dim))
         self.positions = RelativeSinusoid(embed_dim)
         self.groups = window_groups(self.windows)
-        order = [h for _, heads in self.groups for h in heads]
-        self._in_order = order == list(range(num_heads))
-        # output columns in group order (only used when the groups are not consecutive)
-        self._out_cols = None if self._in_order else _selector(order, self.head_dim)
+        self._order = [h for _, heads in self.groups for h in heads]  # heads in group order
+        self._in_order = self._order == list(range(num_heads))
+        self._sizes = [len(heads) for _, heads in self.groups]
+
+    def _by_group(self, t: torch.Tensor, dim: int, unit: int = 1):
+        """Split ``t`` (heads along ``dim``, ``unit`` entries per head) into one piece per window
+        group. One ``split`` (after one reordering gather when groups are not consecutive heads):
+        its backward is one concatenation, where per-group slicing would add a full-size zero
+        gradient per group."""
+        if not self._in_order:
+            t = t.index_select(dim, _selector(self._order, unit).to(t.device))
+        return t.split([n * unit for n in self._sizes], dim=dim)
 
     @property
     def max_window(self) -> Window:
@@ -97,35 +105,38 @@ class RelMultiheadWindowAttention(nn.Module):
         weight = self.qkv_proj.weight
         # the segment's queries, keys and values for every head in one matmul; memory (and sink)
         # states are projected per group, only as many as the group's window reaches
-        qkv = F.linear(x, weight).view(b, length, 3, self.num_heads, d)
-        q, k_seg, v_seg = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, L, D)
+        q, k_seg, v_seg = F.linear(x, weight).view(b, length, 3, self.num_heads, d).unbind(2)
+        w_k, w_v = self._by_group(weight[e:2 * e], 0, d), self._by_group(weight[2 * e:], 0, d)
+        w_r = self._by_group(self.r_proj.weight, 0, d)
+        per_group = zip(self.groups, self._by_group(q, 2), self._by_group(k_seg, 2),
+                        self._by_group(v_seg, 2), w_k, w_v, w_r,
+                        self._by_group(self.u_bias, 0), self._by_group(self.v_bias, 0))
         dropout_p = self.attention_dropout if self.training else 0.0
         outs = []
-        for w, heads in self.groups:
-            g, sel = len(heads), _selector(heads)
+        for (w, heads), qg, k, v, wk, wv, wr, u, vb in per_group:
+            g = len(heads)
+            qg, k, v = (t.transpose(1, 2) for t in (qg, k, v))  # (B, G, L, D)
             m = self.memory_needed(w, m_len)
             start = seen - m  # stream position of the first memory state this group reads
             n_prefix = 0 if sinks is None else max(0, min(sinks.shape[1], start))
-            k, v = k_seg[:, sel], v_seg[:, sel]
             if n_prefix or m:
                 parts = ([sinks[:, :n_prefix]] if n_prefix else []) + ([memory[:, m_len - m:]] if m else [])
                 past = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-                rows = _selector(heads, d)
-                kv_past = F.linear(past, torch.cat([weight[e:2 * e][rows], weight[2 * e:][rows]]))
+                kv_past = F.linear(past, torch.cat([wk, wv]))
                 k_past, v_past = kv_past.view(b, -1, 2, g, d).permute(2, 0, 3, 1, 4)
                 k, v = torch.cat([k_past, k], dim=2), torch.cat([v_past, v], dim=2)
             lk = k.shape[2]
-            qg = q[:, sel]
             num_dist = lk if w is None else min(w, lk)
-            r = F.linear(self.positions(num_dist, x.dtype), self.r_proj.weight[_selector(heads, d)])
-            r = r.view(num_dist, g, d).permute(1, 2, 0)  # (G, D, R)
-            pos_scores = torch.matmul((qg + self.v_bias[sel, None]) * scale, r)  # (B, G, L, R)
+            r = F.linear(self.positions(num_dist, x.dtype), wr).view(num_dist, g, d).permute(1, 2, 0)
+            pos_scores = torch.matmul((qg + vb[:, None]) * scale, r)  # (B, G, L, R)
             outs.append(window_attention(
-                qg + self.u_bias[sel, None], k, v, [w] * g, sink_tokens=sinks_in_keys,
+                qg + u[:, None], k, v, [w] * g, sink_tokens=sinks_in_keys,
                 pos_scores=pos_scores, dropout_p=dropout_p, scale=scale, backend=self.backend,
             ))
-        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)  # heads in group order
         out = out.transpose(1, 2).reshape(b, length, e)
-        w_out = self.out_proj.weight if self._in_order else self.out_proj.weight[:, self._out_cols]
+        w_out = self.out_proj.weight
+        if not self._in_order:
+            w_out = w_out.index_select(1, _selector(self._order, d).to(w_out.device))
         return F.linear(out, w_out)
 
