@@ -230,3 +230,53 @@ class TrainProgress:
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+# --- benchmark provenance ----------------------------------------------------------------------
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else ``platform.processor()``."""
+    import platform
+
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def load_average() -> Optional[List[float]]:
+    """(1, 5, 15)-minute load averages: how busy the machine was around a measurement."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def machine_info(device: str = "cpu", threads: Optional[int] = None) -> Dict:
+    """What a committed benchmark states about its machine (torch/fairseq imported lazily)."""
+    import platform
+
+    import torch
+
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": threads if threads is not None else torch.get_num_threads(),
+        "device": device,
+        "load_average_at_start": load_average(),
+    }
+    try:
+        import fairseq
+
+        info["fairseq"] = getattr(fairseq, "__version__", "unknown")
+    except ImportError:
+        pass
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info

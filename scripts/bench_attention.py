@@ -19,7 +19,6 @@ schedule (sum over layers) for full attention, SWA (w=128) and MSWA (base 128).
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -33,37 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fairseq_mswa.kernels.window_attention import select_backend, window_attention  # noqa: E402
 from fairseq_mswa.schedule import build_schedule  # noqa: E402
+from fairseq_mswa.run_utils import machine_info, write_text_atomic  # noqa: E402
 
 LAYERS, HEADS, HEAD_DIM, BASE = 12, 8, 64, 128
 
 
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine(device: str, threads: int) -> dict:
-    info = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": threads,
-        "device": device,
-    }
-    if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name()
-    try:
-        info["load_average_at_start"] = list(os.getloadavg())
-    except OSError:
-        pass
-    return info
+    return machine_info(device, threads)
 
 
 def layer_groups(pattern: str):
@@ -232,14 +207,6 @@ def markdown(result) -> str:
     return "\n".join(lines)
 
 
-def write_atomic(path: str, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lengths", default="512,1024,2048,4096,8192")
@@ -293,9 +260,9 @@ def main(argv=None):
     md = markdown(result)
     print(md)
     if args.json:
-        write_atomic(args.json, json.dumps(result, indent=1) + "\n")
+        write_text_atomic(args.json, json.dumps(result, indent=1) + "\n")
     if args.md:
-        write_atomic(args.md, md)
+        write_text_atomic(args.md, md)
     return result
 
 

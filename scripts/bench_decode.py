@@ -31,10 +31,7 @@ Top-level ratios: ``kv_bytes_mswa_over_swa`` (largest context; 225/256 = 0.879 w
 import argparse
 import datetime
 import json
-import os
-import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -46,6 +43,7 @@ from fairseq.data import Dictionary  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from fairseq_mswa.models.linear_mswa import LinearMSWAConfig, LinearMSWALanguageModel  # noqa: E402
+from fairseq_mswa.run_utils import machine_info, write_text_atomic  # noqa: E402
 
 PATTERNS = ("full", "swa", "mswa")
 SHAPES = {
@@ -205,18 +203,7 @@ def summary(rows, args):
 
 
 def machine(device, threads):
-    cpu = platform.processor() or "unknown"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    info = dict(platform=platform.platform(), python=platform.python_version(),
-                torch=torch.__version__, cpu_model=cpu, cpu_count=os.cpu_count(),
-                torch_threads=threads, device=device)
-    if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
+    return machine_info(device, threads)
 
 
 def _fmt(x, spec):
@@ -261,15 +248,6 @@ def markdown(result):
             lines.append(f"| {b} | {c} | " + " | ".join(_fmt(x, ".1f") for x in tps) + " | "
                          + " | ".join(_fmt(None if x is None else x / 1e6, ".1f") for x in mb) + " |")
     return "\n".join(lines) + "\n"
-
-
-def write_atomic(path, text):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def main(argv=None):
@@ -321,8 +299,8 @@ def main(argv=None):
                                                 "decode_tps_mswa_over_swa",
                                                 "decode_tps_full_over_mswa_16k", "ratio_points")}
     md = markdown(result)
-    write_atomic(args.json, json.dumps(result, indent=1) + "\n")
-    write_atomic(args.md, md)
+    write_text_atomic(args.json, json.dumps(result, indent=1) + "\n")
+    write_text_atomic(args.md, md)
     print(md)
     return result
 

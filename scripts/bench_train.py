@@ -28,7 +28,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -55,6 +54,7 @@ from fairseq_mswa.models.transformer_xl_mswa import (  # noqa: E402
 from fairseq_mswa.modules.xl_attention import RelMultiheadWindowAttention  # noqa: E402
 from fairseq_mswa.schedule import build_schedule  # noqa: E402
 from fairseq_mswa.stream import StreamState  # noqa: E402
+from fairseq_mswa.run_utils import load_average, machine_info, write_text_atomic  # noqa: E402
 
 # torch.optim.Adam implementations: on CPU the default is the per-tensor for-loop, several times
 # slower than the fused kernel (which is what a CPU user should pick; the same for every variant)
@@ -234,23 +234,6 @@ def step_flops(variant: str, shape: dict, seg: int, vocab: int) -> float:
     return 3 * fwd
 
 
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def load_average():
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
 def run(args, shape) -> dict:
     d = make_dictionary(args.vocab)
     task = _Task(d)
@@ -326,7 +309,7 @@ def markdown(result) -> str:
         f"Machine: {m['cpu_model']} ({m['cpu_count']} cores, torch threads {m['torch_threads']}), "
         f"{m['platform']}, torch {m['torch']}, fairseq {m['fairseq']}; load average (1, 5, 15 min) "
         f"at start {m['load_average_at_start']}, at end {m['load_average_at_end']}.",
-        f"Command: `{result['command']}` ({result['wall_s']} s)",
+        f"Command: `{result['command']}` ({result['wall_s']} s), {result['date']}.",
         "",
         f"Shape: {s['layers']} layers x {s['dim']}, {s['heads']} heads, FFN {s['ffn']}, vocab "
         f"{result['vocab']}, batch 1, dropout 0, float32; windows at base {s['base_window']}. "
@@ -376,14 +359,6 @@ def markdown(result) -> str:
     return "\n".join(lines)
 
 
-def write_atomic(path: str, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny shapes, 2 reps: checks that it runs")
@@ -425,18 +400,7 @@ def main(argv=None):
         p.error(f"--dim {shape['dim']} is not divisible by --heads {shape['heads']}")
 
     torch.set_num_threads(args.threads)
-    import fairseq
-
-    info = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "fairseq": getattr(fairseq, "__version__", "unknown"),
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "load_average_at_start": load_average(),
-    }
+    info = machine_info("cpu", torch.get_num_threads())
     t0 = time.time()
     measured = run(args, shape)
     segments = measured["segments"]
@@ -457,6 +421,7 @@ def main(argv=None):
         targets["attn_layers_mswa_over_swa_time"] = ATTN_TARGET
     result = {
         "machine": info,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": "python scripts/bench_train.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "quick": args.quick,
         "shape": shape,
@@ -493,9 +458,9 @@ def main(argv=None):
     md = markdown(result)
     print(md)
     if args.json:
-        write_atomic(args.json, json.dumps(result, indent=1) + "\n")
+        write_text_atomic(args.json, json.dumps(result, indent=1) + "\n")
     if args.md:
-        write_atomic(args.md, md)
+        write_text_atomic(args.md, md)
     return result
 
 
