@@ -35,7 +35,8 @@ def layerwide(layer, x, memory):
     k = F.linear(kv_in, wk).view(b, -1, h, d).transpose(1, 2)
     v = F.linear(kv_in, wv).view(b, -1, h, d).transpose(1, 2)
     lk = kv_in.shape[1]
-    r_len = lk if layer.max_window is None else min(layer.max_window, lk)
+    top = None if None in layer.windows else max(layer.windows)
+    r_len = lk if top is None else min(top, lk)
     r = layer.r_proj(sinusoid_table(r_len, e).to(x.dtype)).view(r_len, h, d)
     scale = d ** -0.5
     pos = torch.einsum("bhld,rhd->bhlr", q + layer.v_bias[:, None], r) * scale

@@ -83,10 +83,6 @@ class RelMultiheadWindowAttention(nn.Module):
             t = t.index_select(dim, _selector(self._order, unit).to(t.device))
         return t.split([n * unit for n in self._sizes], dim=dim)
 
-    @property
-    def max_window(self) -> Window:
-        return None if any(w is None for w in self.windows) else max(self.windows)
-
     def memory_needed(self, window: Window, memory_len: int) -> int:
         """How many of the last memory states a head group with ``window`` reads."""
         return memory_len if window is None else min(memory_len, window - 1)
