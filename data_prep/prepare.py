@@ -331,6 +331,20 @@ def enwik8_split(data: bytes, heldout: int = ENWIK8_HELDOUT_BYTES) -> Dict[str, 
     }
 
 
+def unseen_symbols(splits: Dict[str, bytes]) -> Dict[str, Dict]:
+    """Byte values of each held-out split that never occur in train (fairseq maps them to
+    ``<unk>``): ``{split: {"values": [...], "occurrences": n}}``. Byte 10 is the line break, not
+    a symbol."""
+    import numpy as np
+
+    counts = {k: np.bincount(np.frombuffer(v, dtype=np.uint8), minlength=256) for k, v in splits.items()}
+    out = {}
+    for split in ("valid", "test"):
+        values = [b for b in range(256) if b != 10 and counts[split][b] and not counts["train"][b]]
+        out[split] = {"values": values, "occurrences": int(sum(counts[split][b] for b in values))}
+    return out
+
+
 def expected_symbols(data: bytes) -> int:
     """Symbols fairseq makes of a split: one per byte, plus the </s> it appends to a last line
     that has no newline byte."""
@@ -449,11 +463,17 @@ def prepare_byte_corpus(root: Path, name: str, get_bytes: Callable[[], bytes],
         log(f"splitting {len(data):,} bytes -> {text}")
         with atomic_dir(text) as tmp:
             meta = {}
-            for split, part in enwik8_split(data, heldout).items():
+            parts = enwik8_split(data, heldout)
+            unseen = unseen_symbols(parts)
+            for split in ("valid", "test"):
+                log(f"{split}: {len(unseen[split]['values'])} byte values unseen in train "
+                    f"({unseen[split]['occurrences']:,} occurrences -> <unk>): {unseen[split]['values']}")
+            for split, part in parts.items():
                 log(f"writing {split}.txt: {len(part):,} bytes")
                 write_tokens(part, tmp / f"{split}.txt")
                 meta[split] = {"bytes": len(part), "ends_with_newline": part.endswith(b"\n"),
-                               "expected_symbols": expected_symbols(part)}
+                               "expected_symbols": expected_symbols(part),
+                               **({"unseen_in_train": unseen[split]} if split in unseen else {})}
             write_json_atomic(tmp / MARKER, {"heldout_bytes": heldout, "splits": meta,
                                              "source": source or {}})
     text_meta = json.loads((text / MARKER).read_text())
@@ -470,6 +490,8 @@ def prepare_byte_corpus(root: Path, name: str, get_bytes: Callable[[], bytes],
             got = stats["splits"][split]
             got["bytes"] = want["bytes"]
             got["ends_with_newline"] = want["ends_with_newline"]
+            if "unseen_in_train" in want:
+                got["unseen_in_train"] = want["unseen_in_train"]
             if got["symbols"] != want["expected_symbols"]:
                 raise DataPrepError(
                     f"{split}: fairseq stored {got['symbols']:,} symbols for {want['bytes']:,} "

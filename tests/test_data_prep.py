@@ -259,3 +259,15 @@ def test_shell_wrapper_end_to_end(tmp_path):
     again = subprocess.run(cmd + ["--expect-sha256", sha, "--heldout-bytes", "100"],
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "nothing to do" in again.stdout
+
+
+def test_unseen_heldout_symbols_are_counted(enwik8_prepared):
+    """Held-out byte values missing from train (they become <unk>) are counted and listed."""
+    tmp, data, heldout, info = enwik8_prepared
+    for split in ("valid", "test"):
+        assert info["splits"][split]["unseen_in_train"] == {"values": [], "occurrences": 0}
+    parts = {"train": b"abc\nab", "valid": b"abz\nzz\xff", "test": b"c\n\n"}
+    assert prepare.unseen_symbols(parts) == {
+        "valid": {"values": [ord("z"), 0xFF], "occurrences": 4},
+        "test": {"values": [], "occurrences": 0},
+    }
