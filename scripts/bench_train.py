@@ -178,7 +178,10 @@ def profile_step(runner: Runner, top: int) -> list:
 def time_attention_layers(shape: dict, seg: int, reps: int, warmup: int) -> dict:
     """Forward + backward time of the XL attention layers alone (position term included), SWA
     against MSWA at the same base window, each layer fed a steady-state memory of its default
-    length (largest window - 1), timed interleaved. Returns medians and the MSWA / SWA ratio."""
+    length (largest window - 1), timed interleaved. Also times the part every pattern shares
+    (the segment's Q/K/V and output projections, ``proj``): ``core = layer - proj`` is the
+    window-dependent work (memory K/V, position term, attention), the part the cost model prices.
+    Returns medians and the MSWA / SWA ratios."""
     layers, mems = {}, {}
     for pattern in ("swa", "mswa"):
         sched = build_schedule(shape["layers"], shape["heads"], shape["base_window"], pattern)
@@ -189,22 +192,41 @@ def time_attention_layers(shape: dict, seg: int, reps: int, warmup: int) -> dict
                          for i in range(sched.num_layers)]
     x = torch.randn(1, seg, shape["dim"], requires_grad=True)
 
+    def proj_only(layer):  # the segment's projections, as the layer does them
+        e = shape["dim"]
+        qkv = F.linear(x, layer.qkv_proj.weight).view(1, seg, 3, e)
+        return F.linear(qkv[:, :, 0] + qkv[:, :, 1] + qkv[:, :, 2], layer.out_proj.weight)
+
     def step(pattern):
         t0 = time.perf_counter()
         for layer, mem in zip(layers[pattern], mems[pattern]):
-            layer(x, mem, 0).sum().backward()
+            if pattern == "proj":
+                proj_only(layer).sum().backward()
+            else:
+                layer(x, mem, 0).sum().backward()
         return time.perf_counter() - t0
 
+    layers["proj"], mems["proj"] = layers["swa"], mems["swa"]
+    names = ("swa", "mswa", "proj")
     for _ in range(warmup):
-        for pattern in layers:
+        for pattern in names:
             step(pattern)
-    samples = {p: [] for p in layers}
+    samples = {p: [] for p in names}
     for rep in range(reps):
-        for pattern in (("swa", "mswa") if rep % 2 == 0 else ("mswa", "swa")):
+        for pattern in (names if rep % 2 == 0 else names[::-1]):
             samples[pattern].append(step(pattern))
     med = {p: statistics.median(v) for p, v in samples.items()}
+    core = {p: med[p] - med["proj"] for p in ("swa", "mswa")}
     return {"segment": seg, "median_s": med, "samples_s": samples,
-            "mswa_over_swa_time": med["mswa"] / med["swa"]}
+            "mswa_over_swa_time": med["mswa"] / med["swa"],
+            "core_mswa_over_swa_time": core["mswa"] / core["swa"] if core["swa"] > 0 else None}
+
+
+def attention_layer_flops(pattern: str, shape: dict, seg: int) -> float:
+    """Needed forward FLOPs of the XL attention layers alone (segment projections included),
+    as ``step_flops`` counts them: their MSWA / SWA ratio is what the layer time can reach."""
+    ffn_free = dict(shape, ffn=0)
+    return (step_flops("xl_" + pattern, ffn_free, seg, 0)) / 3
 
 
 def step_flops(variant: str, shape: dict, seg: int, vocab: int) -> float:
@@ -419,6 +441,11 @@ def main(argv=None):
     if attn is not None:
         rat["attn_layers_mswa_over_swa_time"] = attn["mswa_over_swa_time"]
         targets["attn_layers_mswa_over_swa_time"] = ATTN_TARGET
+        rat["attn_core_mswa_over_swa_time"] = attn["core_mswa_over_swa_time"]
+        targets["attn_core_mswa_over_swa_time"] = None
+        rat["attn_layers_mswa_over_swa_flops"] = (attention_layer_flops("mswa", shape, segments[-1])
+                                                 / attention_layer_flops("swa", shape, segments[-1]))
+        targets["attn_layers_mswa_over_swa_flops"] = None
     result = {
         "machine": info,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -22,7 +22,8 @@ def test_bench_train_quick(tmp_path):
                 "--json", str(out_json), "--md", str(out_md)])
     result = json.loads(out_json.read_text())
     for key in ("attn_layers_mswa_over_swa_time", "mswa_over_swa_64", "mswa_over_swa_128",
-                "swa_over_transformer_lm_64", "full_over_transformer_lm_128",
+                "swa_over_transformer_lm_64", "full_over_transformer_lm_128", "attn_core_mswa_over_swa_time",
+                "attn_layers_mswa_over_swa_flops",
                 "full_over_transformer_lm_128_inherent", "mswa_over_full_128"):
         assert math.isfinite(result[key]) and result[key] > 0, key
     assert result["machine"]["cpu_count"] >= 1 and result["command"].startswith("python scripts/")
