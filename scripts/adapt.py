@@ -467,14 +467,14 @@ def plot(res: Dict, path: Path) -> None:
     for r in rows:
         c = "tab:blue" if r["name"].startswith("SWA") else (
             "tab:red" if r["name"].startswith("MSWA") else "k")
-        b.annotate("", xy=(r["relative_cost_vs_full"], r["after"]["value"]),
-                   xytext=(r["relative_cost_vs_full"], r["before"]["value"]),
-                   arrowprops=dict(arrowstyle="->", color=c, alpha=0.5))
-        b.scatter([r["relative_cost_vs_full"]], [r["after"]["value"]], color=c, s=30)
+        x = r["relative_cost_vs_full"]
+        b.plot([x, x], [r["before"]["value"], r["after"]["value"]], color=c, alpha=0.4, lw=1)
+        b.scatter([x], [r["before"]["value"]], facecolors="none", edgecolors=c, s=30)
+        b.scatter([x], [r["after"]["value"]], color=c, s=30)
         b.annotate(r["name"], (r["relative_cost_vs_full"], r["after"]["value"]), fontsize=7,
                    xytext=(4, -8), textcoords="offset points")
     b.set_xlabel("relative cost (sum of attended keys, full = 1)")
-    b.set_ylabel(f"test {res['metric']} (arrow: before -> after fine-tuning)")
+    b.set_ylabel(f"test {res['metric']} (open: no training, filled: fine-tuned)")
     b.grid(alpha=0.3)
     fig.suptitle(f"SWAA adaptation of a full-attention model ({res['full']['updates']} updates), "
                  f"{res['corpus']['source']}", fontsize=9)
