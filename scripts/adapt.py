@@ -54,11 +54,13 @@ USER_DIR = REPO / "fairseq_mswa"
 # heads, so that MSWA's 4 layer groups and 4 head groups get one layer / one head each), and the
 # adaptation recipe. ``segment`` is the training and evaluation length: a full-attention layer
 # keeps ``segment`` states of memory, so a full head sees 128..255 keys, SWA's heads 32.
-CPU = dict(layers=4, heads=4, embed=128, ffn=512, segment=128, batch=8, train_updates=1200,
-           lr=1e-3, warmup=100, minutes=12.0, finetune_updates=100, finetune_lr=3e-4,
-           window=32, sinks=4, eval_batch=8, max_bytes=None, log_interval=25)
+# ``finetune_lr`` None: the learning rate the full model trained here ended with (inverse_sqrt at
+# its last update), so that fine-tuning continues its schedule; 3e-4 for a given checkpoint.
+CPU = dict(layers=4, heads=4, embed=128, ffn=512, segment=128, batch=8, train_updates=4000,
+           lr=1e-3, warmup=100, dropout=0.1, minutes=12.0, finetune_updates=250,
+           finetune_lr=None, window=32, sinks=4, eval_batch=8, max_bytes=None, log_interval=50)
 SMOKE = dict(layers=4, heads=4, embed=32, ffn=64, segment=32, batch=2, train_updates=4,
-             lr=1e-3, warmup=1, minutes=5.0, finetune_updates=2, finetune_lr=3e-4,
+             lr=1e-3, warmup=1, dropout=0.0, minutes=5.0, finetune_updates=2, finetune_lr=None,
              window=16, sinks=2, eval_batch=2, max_bytes=20_000, log_interval=1)
 
 # window fields of the model config: set by the target, never copied from the checkpoint
@@ -506,7 +508,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="updates of the full model trained here (CPU default 1200)")
     ap.add_argument("--finetune-updates", type=int, default=None,
                     help="fine-tuning updates per target (CPU default 100)")
-    ap.add_argument("--finetune-lr", type=float, default=None)
+    ap.add_argument("--finetune-lr", type=float, default=None,
+                    help="fixed fine-tuning learning rate after a 10%% warm-up (default: the "
+                         "last learning rate of the full model trained here; 3e-4 with "
+                         "--checkpoint)")
     ap.add_argument("--segment", type=int, default=None,
                     help="tokens per sample for training and evaluation (default 128; with a "
                          "checkpoint: its own)")
@@ -535,6 +540,8 @@ def main(argv=None) -> int:
     invocation = " ".join(shlex.quote(a) for a in ["python", "scripts/adapt.py",
                                                    *(sys.argv[1:] if argv is None else argv)])
     cfg = dict(SMOKE if args.smoke else CPU)
+    if args.checkpoint is not None:
+        cfg["finetune_lr"] = 3e-4
     for key in ("train_updates", "finetune_updates", "finetune_lr", "segment", "batch",
                 "window", "sinks", "minutes"):
         if getattr(args, key) is not None:
@@ -612,6 +619,7 @@ def run(args, cfg: Dict, work: Path, steps: Steps) -> Dict:
         # the demo's training command (scripts/demo.py), with full attention
         tcfg = dict(cfg, updates=cfg["train_updates"], base_window=cfg["window"])
         cmd = demo.train_command(tcfg, data, "full", full_dir, tb / "full")
+        cmd += ["--dropout", str(cfg["dropout"])]  # the demo's preset has none (short runs)
         t0 = time.time()
         text = steps.run("train_full", cmd, f"training the full model ({cfg['train_updates']} "
                                             "updates)")
@@ -624,6 +632,9 @@ def run(args, cfg: Dict, work: Path, steps: Steps) -> Dict:
             steps.note(f"note: the full model stopped after {full_info['updates']} of "
                        f"{cfg['train_updates']} updates (the {cfg['minutes']:g}-minute cap)")
         ck = check_checkpoint(ckpt, data)
+        if cfg["finetune_lr"] is None:  # inverse_sqrt (demo.train_command) at the last update
+            last = max(1, full_info["updates"] or cfg["train_updates"])
+            cfg["finetune_lr"] = float(f"{cfg['lr'] * min(1.0, (cfg['warmup'] / last) ** 0.5):.3g}")
     else:
         ckpt, data = args.checkpoint.resolve(), args.data.resolve()
         ck = check_checkpoint(ckpt, data)
