@@ -363,9 +363,8 @@ class Steps:
         line = shell_line(cmd)
         t0 = time.time()
         out = []
-        with open(log_path, "w", encoding="utf-8") as log:
+        with open(log_path, "w", encoding="utf-8", buffering=1) as log:  # tail -f works
             log.write("$ " + line + "\n")
-            log.flush()
             for text in (_forked(cmd) if _can_fork(cmd) else _spawned(cmd)):
                 if isinstance(text, int):
                     rc = text
