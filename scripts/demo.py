@@ -114,12 +114,14 @@ def train_command(cfg: Dict, data: Path, pattern: str, save_dir: Path, tb: Path)
 
 
 def eval_command(cfg: Dict, data: Path, save_dir: Path) -> List[str]:
+    """The demo trains with --disable-validation (a fixed update budget, no model selection), so
+    the last checkpoint is the only one; no DataLoader worker (its shutdown costs ~5 s here)."""
     return [
         sys.executable, "-m", "fairseq_cli.eval_lm", str(data),
         "--user-dir", str(USER_DIR), "--task", "mswa_lm",
         "--path", str(save_dir / "checkpoint_last.pt"), "--gen-subset", "test",
         "--tokens-per-sample", str(cfg["segment"]), "--batch-size", str(cfg["eval_batch"]),
-        "--cpu", "--log-format", "simple",
+        "--cpu", "--log-format", "simple", "--num-workers", "0",
     ]
 
 
