@@ -102,7 +102,7 @@ def test_cache_bytes_are_the_formula():
         with torch.no_grad():
             _, state = _decode(m, _tokens(), [PROMPT, 1, 1])
         s = m.schedule.sink_tokens
-        keys = sum(N - PROMPT + PROMPT if w is None else w + s
+        keys = sum(PROMPT + 2 if w is None else w + s
                    for layer in m.schedule.windows for w in layer)
         assert m.decoder.cache_nbytes(state) == 3 * keys * 2 * HEAD_DIM * 8, extra
     # MSWA vs SWA at equal base window: the sum of the windows, not the layer maximum
@@ -195,16 +195,20 @@ def test_sampling_with_fairseq_interactive_and_hub(tiny_corpus, tmp_path):
         user_dir=str(USER_DIR),
     )
     torch.manual_seed(0)
-    words = hub.sample(PROMPT_TEXT, sampling=True, sampling_topk=10, beam=1, max_len_b=12).split()
+    words = hub.sample(PROMPT_TEXT, sampling=True, sampling_topk=10, beam=1, min_len=5,
+                       max_len_b=12).split()
     assert words[:3] == PROMPT_TEXT.split() and len(words) > 3
     # greedy through SequenceGenerator (incremental) == argmax of the parallel forward, step by step
     model, d = hub.models[0], hub.src_dict
-    greedy = hub.generate(hub.encode(PROMPT_TEXT), beam=1, max_len_b=8)[0]["tokens"]
+    min_len = 6  # SequenceGenerator forbids </s> before step min_len
+    greedy = hub.generate(hub.encode(PROMPT_TEXT), beam=1, min_len=min_len, max_len_b=8)[0]["tokens"]
     p = len(PROMPT_TEXT.split())
     assert greedy[:p].tolist() == [d.index(w) for w in PROMPT_TEXT.split()]
     seq = torch.cat([greedy.new_tensor([d.eos()]), greedy])  # </s> prompt generated (</s>)
     with torch.no_grad():
         logits = model(seq[None, :-1])[0][0]  # predicts seq[1:] = greedy
+    logits[:min_len, d.eos()] = float("-inf")
+    logits[:, d.pad()] = float("-inf")
     generated = greedy[p:-1]  # the last token may be an </s> forced by the length limit
     assert len(generated) >= 1
     assert torch.equal(logits[p:p + len(generated)].argmax(-1), generated)
