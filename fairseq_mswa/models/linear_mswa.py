@@ -43,7 +43,7 @@ from ..modules.linear_layer import LINEAR_IMPLS, TaylorLinearAttention
 from ..modules.local_attention import LocalAttention
 from ..modules.norms import RMSNorm
 from ..schedule import ScheduleError, WindowSchedule
-from .lm_io import LanguageModelIOConfig, build_input_embedding, build_output
+from .lm_io import LanguageModelIOConfig, build_input_embedding, build_output, check_hub_architecture
 from .window_config import schedule_from_config
 
 LAYER_KINDS = {"L": "linear attention", "A": "local (window) softmax attention"}
@@ -126,15 +126,6 @@ class LinearMSWAConfig(LanguageModelIOConfig):
         },
     )
     rope_base: float = field(default=10000.0, metadata={"help": "RoPE base (theta)"})
-    decode_full_attention: bool = field(
-        default=False,
-        metadata={
-            "help": "SWAA full-attention decode: when decoding, the prompt (the first incremental "
-            "call) is processed with the trained windows and every later token sees every earlier "
-            "key (the caches evict nothing). Set at generation time with --model-overrides "
-            "\"{'decode_full_attention': True}\""
-        },
-    )
     max_target_positions: Optional[int] = II("task.tokens_per_sample")
 
 
@@ -294,13 +285,7 @@ class LinearMSWALanguageModel(FairseqLanguageModel):
         """fairseq's hub interface (``.sample("prompt", sampling=True, sampling_topk=10)``), refusing
         a checkpoint of another architecture with a message that names the right class."""
         hub = super().from_pretrained(model_name_or_path, checkpoint_file, data_name_or_path, **kwargs)
-        for model in hub.models:
-            if not isinstance(model, cls):
-                raise ValueError(
-                    f"{checkpoint_file} holds a {type(model).__name__} model, not linear_mswa: load "
-                    f"it with {type(model).__name__}.from_pretrained"
-                )
-        return hub
+        return check_hub_architecture(hub, cls, "linear_mswa", checkpoint_file)
 
     @property
     def layer_pattern(self) -> str:

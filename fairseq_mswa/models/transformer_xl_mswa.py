@@ -19,21 +19,37 @@ length.
 
 Streams and memory are driven by the ``mswa_lm`` task (``net_input["stream"]``); without it (e.g.
 the ``language_modeling`` task) each sample is scored on its own, with no memory.
+
+Generation (fairseq's ``incremental_state``; ``SequenceGenerator``, fairseq-interactive, the hub's
+``sample``): every layer keeps an ``XLDecodeCache`` (``modules/xl_attention.py``), a per-head rolling
+cache of position-free keys/values (head h: its last ``w_h`` plus the sinks; full heads everything),
+so the bytes held are the sum of the windows, not the stream memory's layer maximum; the position
+term comes from the distances as in training. Decoding equals the parallel forward of the whole
+sequence (exact sliding-window attention) and the stream path with memory. Full heads see the whole
+context when decoding (exact full attention, as a single segment does; the stream path limits them
+to ``mem_len`` states): relative sinusoids have no position table, so no context is too long for
+them. ``decode_full_attention`` (``--model-overrides``) is SWAA's full-attention decode, as for
+``linear_mswa``; a windowed head's position term stays clamped at its distance ``w - 1``.
 """
 
 import math
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import torch
-from fairseq.models import FairseqDecoder, FairseqLanguageModel, register_model, register_model_architecture
+from fairseq.models import (
+    FairseqIncrementalDecoder,
+    FairseqLanguageModel,
+    register_model,
+    register_model_architecture,
+)
 from omegaconf import II
 from torch import Tensor, nn
 
-from ..modules.xl_attention import RelMultiheadWindowAttention
+from ..modules.xl_attention import RelMultiheadWindowAttention, XLDecodeCache
 from ..schedule import ScheduleError, WindowSchedule
 from ..stream import StreamMemory
-from .lm_io import LanguageModelIOConfig, build_input_embedding, build_output
+from .lm_io import LanguageModelIOConfig, build_input_embedding, build_output, check_hub_architecture
 from .window_config import schedule_from_config
 
 
@@ -99,11 +115,23 @@ class XLLayer(nn.Module):
         mem = self.attn_norm(memory) if memory.shape[1] else None
         snk = self.attn_norm(sinks) if sinks.shape[1] else None
         x = x + self.dropout(self.attn(h, mem, memory_start, snk, num_sinks))
+        return self._ffn(x)
+
+    def _ffn(self, x: Tensor) -> Tensor:
         h = self.fc2(self.activation_dropout(torch.relu(self.fc1(self.ffn_norm(x)))))
         return x + self.dropout(h)
 
+    def decode(self, x: Tensor, cache: XLDecodeCache) -> Tensor:
+        """Incremental decoding: x (B, L, E) at positions ``cache.length ..``. Returns (B, L, E)."""
+        x = x + self.dropout(self.attn.decode(self.attn_norm(x), cache))
+        return self._ffn(x)
 
-class TransformerXLMSWADecoder(FairseqDecoder):
+
+class TransformerXLMSWADecoder(FairseqIncrementalDecoder):
+    """Embedding -> pre-norm XL layers -> LayerNorm -> output. Two ways to run: the stream path
+    (``stream``: segment-level memory, training and fairseq-eval-lm) and incremental decoding
+    (``incremental_state``: per-head rolling caches, generation)."""
+
     def __init__(self, cfg, dictionary, embed_tokens):
         super().__init__(dictionary)
         self.cfg = cfg
@@ -121,9 +149,18 @@ class TransformerXLMSWADecoder(FairseqDecoder):
         self.final_norm = nn.LayerNorm(dim)
         self.adaptive_softmax, self.output_projection = build_output(cfg, dictionary, embed_tokens)
 
-    def forward(self, src_tokens: Tensor, stream=None, features_only: bool = False, **unused):
+    def forward(self, src_tokens: Tensor, stream=None, features_only: bool = False,
+                incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None, **unused):
         """src_tokens (B, L); ``stream``: the task's ``StreamState`` (memory in and out), or None.
+        With ``incremental_state`` (generation) only the tokens after the cached ones are run.
         Returns (logits (B, L, V) or features with adaptive softmax, extra)."""
+        if incremental_state is not None:
+            if stream is not None:
+                raise ValueError("incremental decoding and stream memory are exclusive: pass one")
+            x = self.decode_features(src_tokens, incremental_state)
+            if not features_only:
+                x = self.output_layer(x)
+            return x, {"attn": [None], "inner_states": [x]}
         memory = None
         if stream is not None:
             memory = self.stream_memories.setdefault(stream.key, StreamMemory())
@@ -164,11 +201,64 @@ class TransformerXLMSWADecoder(FairseqDecoder):
         new_mems.append(torch.tensor(seen + length))
         return self.final_norm(x), new_mems
 
+    # --- incremental decoding (generation) ------------------------------------------------------
+
+    def init_caches(self) -> List[XLDecodeCache]:
+        """Empty decoding caches, one per layer (``decode_full_attention``: evict nothing)."""
+        keep_all = bool(getattr(self.cfg, "decode_full_attention", False))
+        return [layer.attn.init_cache(self.schedule.sink_tokens, keep_all) for layer in self.layers]
+
+    def get_caches(self, incremental_state) -> Optional[List[XLDecodeCache]]:
+        """This decoder's per-layer caches in ``incremental_state`` (None before the first call)."""
+        entry = self.get_incremental_state(incremental_state, "caches")
+        return None if entry is None else entry["layers"]
+
+    def set_caches(self, incremental_state, caches: List[XLDecodeCache]) -> None:
+        self.set_incremental_state(incremental_state, "caches", {"layers": caches})
+
+    def decode_features(self, tokens: Tensor, incremental_state) -> Tensor:
+        """tokens (B, T): the whole prefix; runs the tokens after the cached ones (a prompt chunk
+        on the first call, then usually one token) and returns their features (B, T - cached, E)."""
+        caches = self.get_caches(incremental_state)
+        first_call = caches is None
+        if first_call:
+            caches = self.init_caches()
+        offset = caches[0].length
+        if tokens.shape[1] <= offset:
+            raise ValueError(
+                f"incremental decoding got {tokens.shape[1]} tokens but {offset} are cached "
+                "already: pass the whole prefix plus at least one new token"
+                + (" (an empty prompt: start it with </s>, the start symbol)" if offset == 0 else "")
+            )
+        x = self.dropout(self.embed_scale * self.embed_tokens(tokens[:, offset:]))
+        for layer, cache in zip(self.layers, caches):
+            x = layer.decode(x, cache)
+        if first_call and getattr(self.cfg, "decode_full_attention", False):
+            # SWAA full-attention decode: the first call is the prompt (trained windows); every
+            # later token sees the whole context
+            for cache in caches:
+                cache.set_full_attention_from(cache.length)
+        self.set_caches(incremental_state, caches)
+        return self.final_norm(x)
+
+    def reorder_incremental_state(self, incremental_state, new_order: Tensor):
+        caches = self.get_caches(incremental_state)
+        if caches is None:
+            return
+        for cache in caches:
+            cache.reorder(new_order)
+        self.set_caches(incremental_state, caches)
+
+    def cache_nbytes(self, incremental_state) -> int:
+        """Bytes of keys/values held by the decoding caches (the sum of the windows per sequence)."""
+        caches = self.get_caches(incremental_state)
+        return 0 if caches is None else sum(c.nbytes() for c in caches)
+
     def output_layer(self, features: Tensor) -> Tensor:
         return features if self.adaptive_softmax is not None else self.output_projection(features)
 
     def max_positions(self):
-        return int(1e9)  # memory makes the context unbounded
+        return int(1e9)  # memory (and relative positions when decoding) make the context unbounded
 
 
 @register_model("transformer_xl_mswa", dataclass=TransformerXLMSWAConfig)
@@ -182,6 +272,14 @@ class TransformerXLMSWALanguageModel(FairseqLanguageModel):
 
     def forward(self, src_tokens, src_lengths=None, stream=None, **kwargs):
         return self.decoder(src_tokens, stream=stream, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, model_name_or_path, checkpoint_file="model.pt",
+                        data_name_or_path=".", **kwargs):
+        """fairseq's hub interface (``.sample("prompt", sampling=True, sampling_topk=10)``), refusing
+        a checkpoint of another architecture with a message that names the right class."""
+        hub = super().from_pretrained(model_name_or_path, checkpoint_file, data_name_or_path, **kwargs)
+        return check_hub_architecture(hub, cls, "transformer_xl_mswa", checkpoint_file)
 
     @property
     def schedule(self) -> WindowSchedule:

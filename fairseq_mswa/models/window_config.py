@@ -2,7 +2,8 @@
 
 The flag names are the user interface: ``--attn-pattern``, ``--base-window``,
 ``--window-variation``, ``--attn-windows``, ``--full-attn-layers``, ``--sink-tokens``,
-``--attn-backend``. Windows are not parameters, so all of them can be changed at evaluation time
+``--attn-backend``, and ``decode_full_attention`` (SWAA full-attention decode, a generation-time
+override). Windows are not parameters, so all of them can be changed at evaluation time
 with ``--model-overrides``.
 """
 
@@ -55,6 +56,16 @@ class WindowAttentionConfig(FairseqDataclass):
     attn_backend: ATTN_BACKEND_CHOICES = field(
         default="auto",
         metadata={"help": "attention kernel: auto, dense (reference), blocked, flex, flash"},
+    )
+    decode_full_attention: bool = field(
+        default=False,
+        metadata={
+            "help": "SWAA full-attention decode: when decoding, the prompt (the first incremental "
+            "call) is processed with the trained windows and every later token sees every earlier "
+            "key (the caches evict nothing; Transformer-XL clamps a windowed head's position term "
+            "at its farthest trained distance w - 1). Set at generation time with "
+            "--model-overrides \"{'decode_full_attention': True}\""
+        },
     )
 
 

@@ -256,24 +256,25 @@ class WindowKVCache:
             out.append(Segment(k, v, pos, dist, visible))
         return out
 
-    def _decode_keys(self, group: int, position: int) -> Optional[List[Tuple[Tensor, Tensor]]]:
-        """Decode-step fast path (after the token at ``position`` was written): the (k, v) pieces
-        the query sees *entirely*, so no mask is needed; None when a mask is (a ring still
-        filling, a windowed growing buffer)."""
+    def _decode_keys(self, group: int, position: int) -> Optional[List[Tuple[Tensor, Tensor, Tensor]]]:
+        """Decode-step fast path (after the token at ``position`` was written): the (k, v,
+        positions) pieces the query sees *entirely*, so no mask is needed; None when a mask is
+        (a ring still filling, a windowed growing buffer)."""
         g = self.groups[group]
         if g.grows:
             if g.window is None or (self.full_attention_from is not None
                                     and position >= self.full_attention_from):
-                return [(g.k, g.v)]  # every cached key: positions 0 .. position
+                return [(g.k, g.v, g.pos)]  # every cached key: positions 0 .. position
             return None
         if position + 1 < g.window:
             return None
         # the ring holds exactly positions position - w + 1 .. position: all visible; the sinks
         # outside the window (j <= position - w) come from the sink store
-        pieces = [(g.k, g.v)]
+        pieces = [(g.k, g.v, g.pos)]
         outside = min(g.sinks, position - g.window + 1)
         if outside > 0:
-            pieces.insert(0, (g.sink_k[:, :, :outside], g.sink_v[:, :, :outside]))
+            pieces.insert(0, (g.sink_k[:, :, :outside], g.sink_v[:, :, :outside],
+                              g.sink_pos[:outside]))
         return pieces
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, *, pos_scores: Optional[Tensor] = None,
@@ -295,15 +296,40 @@ class WindowKVCache:
         if pos_scores is not None and pos_scores.shape[:3] != (b, h, length):
             raise ValueError(f"pos_scores must be (B, H, L, R) = ({b}, {h}, {length}, R), "
                              f"got {tuple(pos_scores.shape)}")
+        ps = None if pos_scores is None else self._split(pos_scores)
+        outs = self.attend_groups(self._split(q), self._split(k), self._split(v), pos_scores=ps,
+                                  scale=scale)
+        return self._merge(outs)
+
+    def attend_groups(self, qs: Sequence[Tensor], ks: Sequence[Tensor], vs: Sequence[Tensor], *,
+                      pos_scores: Optional[Sequence[Optional[Tensor]]] = None,
+                      scale: Optional[float] = None) -> List[Tensor]:
+        """:meth:`attend` with the heads already split by window group (for layers that compute
+        per group, such as Transformer-XL's): one entry per group of ``self.groups`` (the order
+        of :func:`window_groups`), group i's q, k, v (B, G_i, L, D) and ``pos_scores[i]``
+        (B, G_i, L, R_i) or None; each group has its own number of distances R_i (XL: its
+        window). Returns the outputs per group, (B, G_i, L, D)."""
+        if not (len(qs) == len(ks) == len(vs) == len(self.groups)):
+            raise ValueError(f"expected one q, k, v per window group ({len(self.groups)}), got "
+                             f"{len(qs)}, {len(ks)}, {len(vs)}")
+        ps = [None] * len(self.groups) if pos_scores is None else list(pos_scores)
+        if len(ps) != len(self.groups):
+            raise ValueError(f"expected one pos_scores entry per window group ({len(self.groups)})")
+        b, _, length, d = qs[0].shape
+        for g, qg, kg, vg, pg in zip(self.groups, qs, ks, vs, ps):
+            want = (b, len(g.heads), length, d)
+            if qg.shape != want or kg.shape != want or vg.shape[:3] != want[:3]:
+                raise ValueError(f"window group {g.window} ({len(g.heads)} heads): expected q, k, v "
+                                 f"{want}, got {tuple(qg.shape)}, {tuple(kg.shape)}, {tuple(vg.shape)}")
+            if pg is not None and (pg.dim() != 4 or pg.shape[:3] != want[:3]):
+                raise ValueError(f"pos_scores of window group {g.window} must be (B, G, L, R) = "
+                                 f"{want[:3] + ('R',)}, got {tuple(pg.shape)}")
         scale = d ** -0.5 if scale is None else scale
         if self.groups[0].k is None:
-            for g in self.groups:
-                g.allocate(k)
+            for g, kg in zip(self.groups, ks):
+                g.allocate(kg)
         start = self.length
-        qpos = torch.arange(start, start + length, device=q.device)
-        ks, vs = self._split(k), self._split(v)
-        qs = self._split(q)
-        ps = self._split(pos_scores) if pos_scores is not None else [None] * len(self.groups)
+        qpos = torch.arange(start, start + length, device=qs[0].device)
         # one token into a full ring: its slot holds the key at distance w, which no query sees,
         # so write first and attend over the ring alone (no concatenation)
         write_first = length == 1
@@ -312,9 +338,9 @@ class WindowKVCache:
                 g.write(kg, vg, start)
         outs = []
         for gi, (qg, kg, vg, pg) in enumerate(zip(qs, ks, vs, ps)):
-            pieces = self._decode_keys(gi, start) if write_first and pg is None else None
+            pieces = self._decode_keys(gi, start) if write_first else None
             if pieces is not None:
-                outs.append(_attend_unmasked(qg, pieces, scale))
+                outs.append(_attend_unmasked(qg, pieces, scale, pg, start))
                 continue
             if write_first:
                 segs = self.segments(gi, qpos)
@@ -325,7 +351,7 @@ class WindowKVCache:
             for g, kg, vg in zip(self.groups, ks, vs):
                 g.write(kg, vg, start)
         self.length = start + length
-        return self._merge(outs)
+        return outs
 
     def __repr__(self) -> str:
         groups = ", ".join(f"w={g.window}:{len(g.heads)}h" for g in self.groups)
@@ -357,16 +383,25 @@ def _attend_segments(q: Tensor, segs: List[Segment], pos_scores: Optional[Tensor
     return out
 
 
-def _attend_unmasked(q: Tensor, pieces: List[Tuple[Tensor, Tensor]], scale: float) -> Tensor:
-    """Softmax attention of q (B, G, 1, D) over every key of the (k, v) pieces (no mask)."""
+def _attend_unmasked(q: Tensor, pieces: List[Tuple[Tensor, Tensor, Tensor]], scale: float,
+                     pos_scores: Optional[Tensor] = None, position: int = 0) -> Tensor:
+    """Softmax attention of q (B, G, 1, D) at ``position`` over every key of the (k, v,
+    positions) pieces (no mask); ``pos_scores`` (B, G, 1, R) added by clamped distance."""
     acc = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    biases = [None] * len(pieces)
+    if pos_scores is not None:
+        r = pos_scores.shape[-1]
+        biases = [pos_scores.index_select(-1, (position - pos).clamp_(0, r - 1)) for _, _, pos in pieces]
     if len(pieces) == 1:  # one fused kernel (half precision: softmax in float32 inside SDPA)
-        k, v = pieces[0]
-        return F.scaled_dot_product_attention(q, k, v, scale=scale)
-    scores = torch.cat([torch.matmul(q * scale, k.transpose(-1, -2)) for k, _ in pieces], -1)
-    probs = torch.softmax(scores.to(acc), dim=-1).to(q.dtype)
+        k, v, _ = pieces[0]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=biases[0], scale=scale)
+    scores = []
+    for (k, _, _), bias in zip(pieces, biases):
+        sc = torch.matmul(q * scale, k.transpose(-1, -2))
+        scores.append(sc if bias is None else sc + bias)
+    probs = torch.softmax(torch.cat(scores, -1).to(acc), dim=-1).to(q.dtype)
     out, offset = None, 0
-    for k, v in pieces:
+    for k, v, _ in pieces:
         o = torch.matmul(probs[..., offset:offset + k.shape[2]], v)
         out = o if out is None else out + o
         offset += k.shape[2]

@@ -18,6 +18,15 @@ every head's work is proportional to its own window, as the cost model says:
 Memory layout (what the decoder hands over): ``memory`` holds the states at stream positions
 ``[memory_start, memory_start + M)``, right before the segment; ``sinks`` holds the states at
 positions ``[0, S)``, ``S = min(num_sinks, memory_start + M)`` (they may overlap the memory).
+
+Decoding (:meth:`RelMultiheadWindowAttention.decode`, an :class:`XLDecodeCache` per layer): the
+per-head rolling ``WindowKVCache`` keeps the *position-free* keys/values (the projections of the
+layer's normalised input, as the memory states are projected above): head h its last ``w_h`` plus
+the sinks, full heads everything. Each step adds the same position term from the distances: a group
+with window ``w`` gets ``R = w`` distances (sinks, and with SWAA full-attention decode every key
+beyond the window, clamped to ``w - 1``), a full head one per key. The projected encodings
+``W_r R[0 .. R)`` depend only on the weights: the cache computes them once per group (full heads:
+grown by doubling) and shares them across the batch.
 """
 
 from typing import List, Optional, Sequence, Tuple
@@ -27,17 +36,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kernels.window_attention import window_attention
+from .kv_cache import WindowKVCache, window_groups
 from .relative_positions import RelativeSinusoid
 
 Window = Optional[int]
-
-
-def window_groups(windows: Sequence[Window]) -> List[Tuple[Window, List[int]]]:
-    """Heads grouped by window, in order of first appearance: ``[(w, [heads])]``."""
-    groups = {}
-    for h, w in enumerate(windows):
-        groups.setdefault(w, []).append(h)
-    return list(groups.items())
 
 
 def _selector(heads: Sequence[int], size: int = 1, offset: int = 0):
@@ -136,3 +138,77 @@ class RelMultiheadWindowAttention(nn.Module):
             w_out = w_out.index_select(1, _selector(self._order, d).to(w_out.device))
         return F.linear(out, w_out)
 
+    # --- incremental decoding ----------------------------------------------------------------------
+
+    def init_cache(self, sink_tokens: int = 0, keep_all: bool = False) -> "XLDecodeCache":
+        """An empty decoding cache for this layer (``keep_all``: evict nothing, SWAA full-attention
+        decode)."""
+        return XLDecodeCache(self.windows, sink_tokens, keep_all)
+
+    def _positions_of_group(self, cache: "XLDecodeCache", gi: int, num: int, dtype) -> torch.Tensor:
+        """``W_r R[d]`` for distances ``d < num`` of window group ``gi``: (G, D, num)."""
+        w, heads = self.groups[gi]
+        g, d = len(heads), self.head_dim
+        table = cache.positions[gi]
+        if table is None or table.shape[0] < num or table.dtype != dtype:
+            have = 0 if table is None else table.shape[0]
+            cap = num if w is not None else max(num, 2 * have, 64)  # full heads: grow by doubling
+            table = F.linear(self.positions(cap, dtype), self.r_proj.weight[_selector(heads, d)])
+            cache.positions[gi] = table  # (cap, G * D)
+        return table[:num].view(num, g, d).permute(1, 2, 0)
+
+    def decode(self, x: torch.Tensor, cache: "XLDecodeCache") -> torch.Tensor:
+        """x (B, L, E): the layer's normalised input at positions ``cache.length ..`` (one token,
+        or a prompt chunk of any length); attends to the cached keys and stores the new ones.
+        Returns (B, L, E), equal to :meth:`forward` over the whole sequence (no memory)."""
+        b, length, e = x.shape
+        d = self.head_dim
+        scale = d ** -0.5
+        qkv = F.linear(x, self.qkv_proj.weight).view(b, length, 3, self.num_heads, d)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, L, D), position-free
+        end = cache.length + length  # distances of the chunk's last query: 0 .. end - 1
+        qs, ks, vs, ps = [], [], [], []
+        for gi, (w, heads) in enumerate(self.groups):
+            sel = _selector(heads)
+            qg = q[:, sel]
+            r = self._positions_of_group(cache, gi, end if w is None else w, x.dtype)
+            ps.append(torch.matmul((qg + self.v_bias[sel, None]) * scale, r))  # (B, G, L, R)
+            qs.append(qg + self.u_bias[sel, None])
+            ks.append(k[:, sel])
+            vs.append(v[:, sel])
+        outs = cache.kv.attend_groups(qs, ks, vs, pos_scores=ps, scale=scale)
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+        out = out.transpose(1, 2).reshape(b, length, e)
+        w_out = self.out_proj.weight if self._in_order else self.out_proj.weight[:, self._out_cols]
+        return F.linear(out, w_out)
+
+
+class XLDecodeCache:
+    """Decoding cache of one Transformer-XL layer, with the cache interface (``length``,
+    ``reorder``, ``nbytes``, ``reserve``, ``set_full_attention_from``): ``kv`` is the per-head
+    rolling :class:`WindowKVCache` of position-free keys/values; ``positions`` holds per window
+    group the projected relative encodings (weights only, one copy for the whole batch; not
+    counted in :meth:`nbytes`, which is the keys/values held per the cache formula)."""
+
+    def __init__(self, windows: Sequence[Window], sink_tokens: int = 0, keep_all: bool = False):
+        self.kv = WindowKVCache(windows, sink_tokens, keep_all=keep_all)
+        self.positions: List[Optional[torch.Tensor]] = [None] * len(self.kv.groups)
+
+    @property
+    def length(self) -> int:
+        return self.kv.length
+
+    def reorder(self, new_order: torch.Tensor) -> None:
+        self.kv.reorder(new_order)
+
+    def nbytes(self) -> int:
+        return self.kv.nbytes()
+
+    def reserve(self, tokens: int) -> None:
+        self.kv.reserve(tokens)
+
+    def set_full_attention_from(self, position: int) -> None:
+        self.kv.set_full_attention_from(position)
+
+    def __repr__(self) -> str:
+        return f"XLDecodeCache({self.kv!r})"
