@@ -48,9 +48,15 @@ def effective_window(window: Optional[int], lk: int) -> Optional[int]:
     return None if window is None or window >= lk else int(window)
 
 
-def group_heads(windows: Windows, lk: int) -> List[Tuple[Optional[int], List[int]]]:
-    """Heads grouped by effective window, in order of first appearance: [(w, [heads])]."""
+def window_groups(windows: Windows) -> List[Tuple[Optional[int], List[int]]]:
+    """Heads grouped by window, in order of first appearance: [(w, [heads])] (None = full).
+    The one grouping every kernel, layer and cache uses."""
     groups: Dict[Optional[int], List[int]] = {}
     for h, w in enumerate(windows):
-        groups.setdefault(effective_window(w, lk), []).append(h)
+        groups.setdefault(w, []).append(h)
     return list(groups.items())
+
+
+def group_heads(windows: Windows, lk: int) -> List[Tuple[Optional[int], List[int]]]:
+    """Heads grouped by *effective* window for ``lk`` keys (a window reaching every key is full)."""
+    return window_groups([effective_window(w, lk) for w in windows])

@@ -27,15 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..kernels.common import window_groups  # noqa: F401  (re-exported: the grouping caches use)
+
 Window = Optional[int]  # None = full attention
-
-
-def window_groups(windows: Sequence[Window]) -> List[Tuple[Window, List[int]]]:
-    """Heads grouped by window, in order of first appearance: [(window, [head, ...]), ...]."""
-    groups: dict = {}
-    for h, w in enumerate(windows):
-        groups.setdefault(w, []).append(h)
-    return list(groups.items())
 
 
 @dataclass

@@ -29,14 +29,15 @@ beyond the window, clamped to ``w - 1``), a full head one per key. The projected
 grown by doubling) and shares them across the batch.
 """
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..kernels.window_attention import window_attention
-from .kv_cache import WindowKVCache, window_groups
+from ..kernels.common import window_groups
+from .kv_cache import WindowKVCache
 from .relative_positions import RelativeSinusoid
 
 Window = Optional[int]
