@@ -8,14 +8,20 @@ wrap them for tests that prefer fixtures.
 """
 
 import os
+import random
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 # one thread per CLI process: the suite runs on 2 shared cores
 CLI_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "PYTHONWARNINGS": "ignore"}
+
+
+# the plugin folder, as fairseq's --user-dir
+USER_DIR = Path(__file__).resolve().parents[1] / "fairseq_mswa"
 
 
 def make_dictionary(vocab: int = 23):
@@ -41,11 +47,11 @@ def cli_command(tool: str, *args) -> list:
     return [sys.executable, "-m", f"fairseq_cli.{tool}", *map(str, args)]
 
 
-def run_cli(tool: str, *args, timeout: float = 300, env=None) -> str:
-    """Run a fairseq CLI; returns stdout + stderr, or fails the test with the command and the
-    end of its output."""
+def run_cli(tool: str, *args, timeout: float = 300, env=None, input=None) -> str:
+    """Run a fairseq CLI (``input``: its standard input); returns stdout + stderr, or fails the
+    test with the command and the end of its output."""
     cmd = cli_command(tool, *args)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input,
                           env=CLI_ENV if env is None else env)
     if proc.returncode != 0:
         raise AssertionError(
@@ -79,3 +85,28 @@ def eval_lm_output():
         )
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    """A binarized word corpus with structure to learn: counting phrases over a 30-word vocab
+    (``w0 .. w29``), built once per test session."""
+    root = tmp_path_factory.mktemp("word_corpus")
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(30)]
+
+    def lines(n):
+        out = []
+        for _ in range(n):
+            start = rng.randrange(30)
+            out.append(" ".join(words[(start + j) % 30] for j in range(rng.randint(5, 15))))
+        return "\n".join(out) + "\n"
+
+    for split, n in (("train", 400), ("valid", 40), ("test", 40)):
+        (root / f"{split}.txt").write_text(lines(n))
+    run_cli("preprocess", *[
+        "--only-source", "--trainpref", str(root / "train.txt"), "--validpref",
+        str(root / "valid.txt"), "--testpref", str(root / "test.txt"), "--destdir",
+        str(root / "bin"), "--workers", "1",
+    ], timeout=120)
+    return root / "bin"

@@ -3,8 +3,6 @@ the parallel forward (float64, 1e-10) for every window pattern, with sinks, full
 reorders and prompts longer than every window; SWAA full-attention decode against a parallel forward
 with per-query masks; clear errors; and sampling with fairseq-interactive and the hub interface."""
 
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,8 +11,8 @@ import fairseq_mswa.modules.local_attention as local_attention
 from fairseq_mswa.kernels.dense import visibility_mask
 from fairseq_mswa.models.linear_mswa import LinearMSWALanguageModel
 from fairseq_mswa.modules.kv_cache import WindowKVCache
-from test_linear_mswa import TINY, USER_DIR, _cli, _run, tiny_model  # noqa: F401 (fixture below)
-from test_linear_mswa import tiny_corpus  # noqa: F401
+from conftest import USER_DIR, run_cli
+from test_linear_mswa import TINY, tiny_model
 
 N = 80  # longer than every window of the tiny schedules (largest: 2 x 2 x 16 = 64)
 PROMPT = 70
@@ -128,7 +126,7 @@ PROMPT_TEXT = "w3 w4 w5"
 
 
 def _train(data, save, arch, task, updates, *extra):
-    _run(_cli("train") + [
+    run_cli("train", *[
         str(data), "--user-dir", str(USER_DIR), "--task", task, "--arch", arch,
         "--tokens-per-sample", "64", "--cpu", "--num-workers", "0", "--optimizer", "adam",
         "--lr", "3e-3", "--batch-size", "8", "--max-update", str(updates), "--save-dir", str(save),
@@ -145,17 +143,16 @@ def test_sampling_with_fairseq_interactive_and_hub(tiny_corpus, tmp_path):
     ckpt = _train(tiny_corpus, tmp_path / "lin", "linear_mswa_tiny", "language_modeling", 30,
                   "--sample-break-mode", "none")
     for task in ("language_modeling", "mswa_lm"):
-        out = subprocess.run(
-            _cli("interactive") + [
+        out = run_cli(
+            "interactive", *[
                 str(tiny_corpus), "--user-dir", str(USER_DIR), "--task", task, "--path", str(ckpt),
                 "--sampling", "--sampling-topk", "3", "--beam", "1", "--cpu", "--seed", "2",
                 "--model-overrides", "{'decode_full_attention': True}",
             ],
-            input=PROMPT_TEXT + "\n", capture_output=True, text=True, timeout=120,
+            input=PROMPT_TEXT + "\n", timeout=120,
         )
-        assert out.returncode == 0, out.stderr[-3000:]
-        hypo = [line.split("\t")[2] for line in out.stdout.splitlines() if line.startswith("H-0")]
-        assert hypo and hypo[0].startswith(PROMPT_TEXT + " "), out.stdout[-2000:]
+        hypo = [line.split("\t")[2] for line in out.splitlines() if line.startswith("H-0")]
+        assert hypo and hypo[0].startswith(PROMPT_TEXT + " "), out[-2000:]
         assert len(hypo[0].split()) > len(PROMPT_TEXT.split())
 
     hub = LinearMSWALanguageModel.from_pretrained(

@@ -5,7 +5,6 @@ reorders and prompts longer than every window; it equals the stream path with me
 full-attention decode against a parallel forward with per-query masks; cache bytes = the formula;
 clear errors; and sampling with fairseq-interactive (both tasks) and the hub interface."""
 
-import subprocess
 
 import pytest
 import torch
@@ -14,8 +13,7 @@ import fairseq_mswa.modules.xl_attention as xl_attention
 from fairseq_mswa.kernels.dense import distance_scores, visibility_mask
 from fairseq_mswa.models.linear_mswa import LinearMSWALanguageModel
 from fairseq_mswa.models.transformer_xl_mswa import TransformerXLMSWALanguageModel
-from test_linear_mswa import USER_DIR, _cli, _run  # noqa: F401
-from test_linear_mswa import tiny_corpus  # noqa: F401 (fixture)
+from conftest import USER_DIR, run_cli
 from fairseq_mswa.stream import StreamState
 from test_transformer_xl import VOCAB, build
 
@@ -167,7 +165,7 @@ def test_sampling_with_fairseq_interactive_and_hub(tiny_corpus, tmp_path):
     SequenceGenerator equals the argmax of the parallel forward; a checkpoint of another
     architecture is refused by name."""
     save = tmp_path / "xl"
-    _run(_cli("train") + [
+    run_cli("train", *[
         str(tiny_corpus), "--user-dir", str(USER_DIR), "--task", "mswa_lm",
         "--arch", "transformer_xl_mswa_tiny", "--tokens-per-sample", "32", "--cpu",
         "--num-workers", "0", "--optimizer", "adam", "--lr", "3e-3", "--batch-size", "4",
@@ -177,17 +175,16 @@ def test_sampling_with_fairseq_interactive_and_hub(tiny_corpus, tmp_path):
     ckpt = save / "checkpoint_last.pt"
     for task, overrides in (("mswa_lm", "{'decode_full_attention': True}"),
                             ("language_modeling", "{}")):
-        out = subprocess.run(
-            _cli("interactive") + [
+        out = run_cli(
+            "interactive", *[
                 str(tiny_corpus), "--user-dir", str(USER_DIR), "--task", task, "--path", str(ckpt),
                 "--sampling", "--sampling-topk", "3", "--beam", "1", "--cpu", "--seed", "2",
                 "--max-len-b", "12", "--model-overrides", overrides,
             ],
-            input=PROMPT_TEXT + "\n", capture_output=True, text=True, timeout=120,
+            input=PROMPT_TEXT + "\n", timeout=120,
         )
-        assert out.returncode == 0, out.stderr[-3000:]
-        hypo = [line.split("\t")[2] for line in out.stdout.splitlines() if line.startswith("H-0")]
-        assert hypo and hypo[0].startswith(PROMPT_TEXT + " "), out.stdout[-2000:]
+        hypo = [line.split("\t")[2] for line in out.splitlines() if line.startswith("H-0")]
+        assert hypo and hypo[0].startswith(PROMPT_TEXT + " "), out[-2000:]
         assert len(hypo[0].split()) > len(PROMPT_TEXT.split())
 
     hub = TransformerXLMSWALanguageModel.from_pretrained(

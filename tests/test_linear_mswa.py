@@ -2,7 +2,6 @@
 presets and YAML configs, and fairseq-train + fairseq-eval-lm end to end for every Table 3 preset."""
 
 import argparse
-import random
 from pathlib import Path
 
 import pytest
@@ -220,30 +219,6 @@ def test_yaml_config_matches_preset(arch):
 
 
 # --- fairseq-train + fairseq-eval-lm end to end -----------------------------------------------
-
-@pytest.fixture(scope="module")
-def tiny_corpus(tmp_path_factory):
-    """A binarized word corpus with structure to learn: counting phrases over a 30-word vocab."""
-    root = tmp_path_factory.mktemp("linear_mswa_corpus")
-    rng = random.Random(0)
-    words = [f"w{i}" for i in range(30)]
-
-    def lines(n):
-        out = []
-        for _ in range(n):
-            start = rng.randrange(30)
-            out.append(" ".join(words[(start + j) % 30] for j in range(rng.randint(5, 15))))
-        return "\n".join(out) + "\n"
-
-    for split, n in (("train", 400), ("valid", 40), ("test", 40)):
-        (root / f"{split}.txt").write_text(lines(n))
-    run_cli("preprocess", *[
-        "--only-source", "--trainpref", str(root / "train.txt"), "--validpref",
-        str(root / "valid.txt"), "--testpref", str(root / "test.txt"), "--destdir",
-        str(root / "bin"), "--workers", "1",
-    ], timeout=120)
-    return root / "bin"
-
 
 E2E_TINY = ["--decoder-embed-dim", "32", "--decoder-ffn-embed-dim", "64",
             "--decoder-attention-heads", "4", "--feature-dim", "8", "--linear-chunk-size", "16",

@@ -26,7 +26,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-import torch
 from fairseq.dataclass import ChoiceEnum
 from fairseq.models import (
     FairseqIncrementalDecoder,
@@ -38,11 +37,11 @@ from omegaconf import II
 from torch import Tensor, nn
 
 from ..modules.feedforward import SwiGLU
-from ..modules.kv_cache import WindowKVCache
 from ..modules.linear_layer import LINEAR_IMPLS, TaylorLinearAttention
 from ..modules.local_attention import LocalAttention
 from ..modules.norms import RMSNorm
 from ..schedule import ScheduleError, WindowSchedule
+from .decoding import CachedDecoderMixin
 from .lm_io import LanguageModelIOConfig, build_input_embedding, build_output, check_hub_architecture
 from .window_config import schedule_from_config
 
@@ -161,7 +160,7 @@ class HybridBlock(nn.Module):
         return x + self.dropout(self.ffn(self.ffn_norm(x))), cache
 
 
-class LinearMSWADecoder(FairseqIncrementalDecoder):
+class LinearMSWADecoder(CachedDecoderMixin, FairseqIncrementalDecoder):
     """Token embedding -> hybrid blocks -> RMSNorm -> tied output (or adaptive softmax).
 
     Incremental decoding (fairseq's ``incremental_state``): one cache per layer (a per-head rolling
@@ -208,62 +207,24 @@ class LinearMSWADecoder(FairseqIncrementalDecoder):
         keep_all = bool(getattr(self.cfg, "decode_full_attention", False))
         return [layer.mixer.init_cache(keep_all=keep_all) for layer in self.layers]
 
-    def get_caches(self, incremental_state) -> Optional[List]:
-        """This decoder's per-layer caches in ``incremental_state`` (None before the first call)."""
-        entry = self.get_incremental_state(incremental_state, "caches")
-        return None if entry is None else entry["layers"]
-
-    def set_caches(self, incremental_state, caches: List) -> None:
-        self.set_incremental_state(incremental_state, "caches", {"layers": caches})
-
     def extract_features(self, prev_output_tokens: Tensor, incremental_state=None, **unused):
         caches = None
         offset = 0
         if incremental_state is not None:
-            caches = self.get_caches(incremental_state)
-            first_call = caches is None
-            if first_call:
-                caches = self.init_caches()
-            offset = caches[0].length
-            if prev_output_tokens.shape[1] <= offset:
-                raise ValueError(
-                    f"incremental decoding got {prev_output_tokens.shape[1]} tokens but "
-                    f"{offset} are cached already: pass the whole prefix plus at least one new "
-                    "token" + (" (an empty prompt: start it with </s>, the start symbol)"
-                               if offset == 0 else "")
-                )
+            caches, offset, first_call = self.begin_decode(prev_output_tokens, incremental_state)
             prev_output_tokens = prev_output_tokens[:, offset:]
         x = self.dropout(self.embed_scale * self.embed_tokens(prev_output_tokens))
         for i, layer in enumerate(self.layers):
             x, _ = layer(x, cache=None if caches is None else caches[i], offset=offset)
         x = self.final_norm(x)
         if caches is not None:
-            if first_call and getattr(self.cfg, "decode_full_attention", False):
-                # SWAA full-attention decode: the first call is the prompt (trained windows);
-                # every later token sees the whole context
-                for cache in caches:
-                    if isinstance(cache, WindowKVCache):
-                        cache.set_full_attention_from(cache.length)
-            self.set_caches(incremental_state, caches)
+            self.end_decode(incremental_state, caches, first_call)
         return x, {"attn": [None], "inner_states": [x]}
 
     def output_layer(self, features: Tensor) -> Tensor:
         if self.adaptive_softmax is not None:
             return features
         return self.output_projection(features)
-
-    def reorder_incremental_state(self, incremental_state, new_order: Tensor):
-        caches = self.get_caches(incremental_state)
-        if caches is None:
-            return
-        for cache in caches:
-            cache.reorder(new_order)
-        self.set_caches(incremental_state, caches)
-
-    def cache_nbytes(self, incremental_state) -> int:
-        """Bytes held by the decoding caches (K/V tensors and recurrent states)."""
-        caches = self.get_caches(incremental_state)
-        return 0 if caches is None else sum(c.nbytes() for c in caches)
 
     def max_positions(self):
         """RoPE has no position table: decoding is not limited by the trained length."""

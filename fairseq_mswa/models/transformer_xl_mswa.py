@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from ..modules.xl_attention import RelMultiheadWindowAttention, XLDecodeCache
 from ..schedule import ScheduleError, WindowSchedule
 from ..stream import StreamMemory
+from .decoding import CachedDecoderMixin
 from .lm_io import LanguageModelIOConfig, build_input_embedding, build_output, check_hub_architecture
 from .window_config import schedule_from_config
 
@@ -127,7 +128,7 @@ class XLLayer(nn.Module):
         return self._ffn(x)
 
 
-class TransformerXLMSWADecoder(FairseqIncrementalDecoder):
+class TransformerXLMSWADecoder(CachedDecoderMixin, FairseqIncrementalDecoder):
     """Embedding -> pre-norm XL layers -> LayerNorm -> output. Two ways to run: the stream path
     (``stream``: segment-level memory, training and fairseq-eval-lm) and incremental decoding
     (``incremental_state``: per-head rolling caches, generation)."""
@@ -208,51 +209,15 @@ class TransformerXLMSWADecoder(FairseqIncrementalDecoder):
         keep_all = bool(getattr(self.cfg, "decode_full_attention", False))
         return [layer.attn.init_cache(self.schedule.sink_tokens, keep_all) for layer in self.layers]
 
-    def get_caches(self, incremental_state) -> Optional[List[XLDecodeCache]]:
-        """This decoder's per-layer caches in ``incremental_state`` (None before the first call)."""
-        entry = self.get_incremental_state(incremental_state, "caches")
-        return None if entry is None else entry["layers"]
-
-    def set_caches(self, incremental_state, caches: List[XLDecodeCache]) -> None:
-        self.set_incremental_state(incremental_state, "caches", {"layers": caches})
-
     def decode_features(self, tokens: Tensor, incremental_state) -> Tensor:
         """tokens (B, T): the whole prefix; runs the tokens after the cached ones (a prompt chunk
         on the first call, then usually one token) and returns their features (B, T - cached, E)."""
-        caches = self.get_caches(incremental_state)
-        first_call = caches is None
-        if first_call:
-            caches = self.init_caches()
-        offset = caches[0].length
-        if tokens.shape[1] <= offset:
-            raise ValueError(
-                f"incremental decoding got {tokens.shape[1]} tokens but {offset} are cached "
-                "already: pass the whole prefix plus at least one new token"
-                + (" (an empty prompt: start it with </s>, the start symbol)" if offset == 0 else "")
-            )
+        caches, offset, first_call = self.begin_decode(tokens, incremental_state)
         x = self.dropout(self.embed_scale * self.embed_tokens(tokens[:, offset:]))
         for layer, cache in zip(self.layers, caches):
             x = layer.decode(x, cache)
-        if first_call and getattr(self.cfg, "decode_full_attention", False):
-            # SWAA full-attention decode: the first call is the prompt (trained windows); every
-            # later token sees the whole context
-            for cache in caches:
-                cache.set_full_attention_from(cache.length)
-        self.set_caches(incremental_state, caches)
+        self.end_decode(incremental_state, caches, first_call)
         return self.final_norm(x)
-
-    def reorder_incremental_state(self, incremental_state, new_order: Tensor):
-        caches = self.get_caches(incremental_state)
-        if caches is None:
-            return
-        for cache in caches:
-            cache.reorder(new_order)
-        self.set_caches(incremental_state, caches)
-
-    def cache_nbytes(self, incremental_state) -> int:
-        """Bytes of keys/values held by the decoding caches (the sum of the windows per sequence)."""
-        caches = self.get_caches(incremental_state)
-        return 0 if caches is None else sum(c.nbytes() for c in caches)
 
     def output_layer(self, features: Tensor) -> Tensor:
         return features if self.adaptive_softmax is not None else self.output_projection(features)
