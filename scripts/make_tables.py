@@ -315,8 +315,7 @@ def scaled_markdown(summary: Dict, run_info: Optional[Dict] = None) -> str:
     lines.append("")
     if s["paper_ordering_dataset"] and o["paper"]:
         lines += [f"Order, best first: paper ({s['paper_ordering_dataset']}): "
-                  + " < ".join(o["paper"]),
-                  f"; CPU scale: " + " < ".join(o["cpu"]) + ".", ""]
+                  + " < ".join(o["paper"]) + "; CPU scale: " + " < ".join(o["cpu"]) + ".", ""]
         held = sum(p["holds"] for p in s["pairs"])
         lines.append(f"Pairwise orderings of the paper that hold at CPU scale: {held} of "
                      f"{len(s['pairs'])}.")
@@ -343,8 +342,8 @@ def scaled_markdown(summary: Dict, run_info: Optional[Dict] = None) -> str:
                  f"({info['rows_run_now']} rows run)" if info.get("invocation_wall_s") else "")
               + f". Finished {max((r['finished'] or '') for r in s['rows']) or '?'}."]
     if info.get("command"):
-        lines.append(f"Command: `{info['command']}` (per-row fairseq commands in "
-                     f"table{s['table']}.json)")
+        lines.append(f"Command: `{info['command']}` (the arguments scripts/table{s['table']}.sh "
+                     f"passed; per-row fairseq commands in table{s['table']}.json)")
     return "\n".join(lines) + "\n"
 
 
@@ -379,8 +378,12 @@ def plot_scaled(summary: Dict, path: Path) -> Path:
             ax.legend(fontsize=8)
         else:
             ax.plot([x for x, _, _ in pts], [y for _, y, _ in pts], "o", color="tab:red")
-        for x, y, r in pts:
-            ax.annotate(r, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        labels: Dict[tuple, List[str]] = {}
+        for x, y, r in pts:  # rows on the same point share one label
+            labels.setdefault((x, y), []).append(r)
+        for (x, y), names in labels.items():
+            ax.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(4, 3),
+                        fontsize=7)
         for r in summary["rows"] if key == "bpc" else ():
             x = r["relative_cost_run"]
             for v in r["other_seeds"].values():
