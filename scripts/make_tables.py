@@ -296,7 +296,8 @@ def scaled_markdown(summary: Dict, run_info: Optional[Dict] = None) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in s["rows"]:
         w = r["windows_run"]
-        wtxt = "-" if not w else (f"{w[0]}..{w[1]}" if w[0] != w[1] else f"{w[0]}")
+        wtxt = ("-" if not w else f"full (n = {sh['segment']})" if w[0] is None
+                else f"{w[0]}..{w[1]}" if w[0] != w[1] else f"{w[0]}")
         seeds = ", ".join(f"seed {k}: {v:.3f}" for k, v in r["other_seeds"].items()) or "-"
         paper_cost = "unknown" if r["relative_cost_paper"] is None else \
             f"{r['relative_cost_paper']:.2f}"
@@ -391,7 +392,11 @@ def plot_scaled(summary: Dict, path: Path) -> Path:
         if not pts:
             ax.text(0.5, 0.5, "paper values unknown", ha="center", transform=ax.transAxes)
         else:
+            from matplotlib.ticker import NullFormatter, ScalarFormatter
+
             ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("relative cost (sum of windows, MSWA base = 1)")
         ax.set_ylabel(label + " (lower is better)")
         ax.grid(True, which="both", alpha=0.3)
