@@ -281,7 +281,8 @@ def _num(v, digits=3) -> str:
     return "-" if v is None else ("unknown" if v == "unknown" else f"{v:.{digits}f}")
 
 
-def scaled_markdown(summary: Dict, run_info: Optional[Dict] = None) -> str:
+def scaled_markdown(summary: Dict, run_info: Optional[Dict] = None,
+                    extra_runs: Optional[List[Dict]] = None) -> str:
     s, sh = summary, summary["shape"]
     lines = [f"### CPU scale: {s['title']}", "",
              f"**CPU scale, not the paper's setup.** Every row: {sh['layers']} layers x "
@@ -345,6 +346,9 @@ def scaled_markdown(summary: Dict, run_info: Optional[Dict] = None) -> str:
     if info.get("command"):
         lines.append(f"Command: `{info['command']}` (the arguments scripts/table{s['table']}.sh "
                      f"passed; per-row fairseq commands in table{s['table']}.json)")
+    for e in extra_runs or ():
+        lines.append(f"Also run: `{e.get('command')}` ({e.get('rows_run_now')} rows, "
+                     f"{e.get('invocation_wall_s', 0):.0f} s)")
     return "\n".join(lines) + "\n"
 
 
@@ -428,12 +432,20 @@ def render_scaled(table: int, results_dir: Path, paper_path: Path,
                                 f"scripts/table{table}.sh --scale <name> first")
     summary = scaled_summary(table, load_paper(paper_path), results)
     old = Path(results_dir) / f"table{table}.json"
-    if run_info is None and old.is_file():  # re-rendering keeps the run's own information
-        run_info = json.loads(old.read_text(encoding="utf-8")).get("run_info")
+    prev = json.loads(old.read_text(encoding="utf-8")) if old.is_file() else {}
+    extra = list(prev.get("extra_runs") or [])
+    if run_info is None:  # re-rendering keeps the runs' own information
+        run_info = prev.get("run_info")
+    elif prev.get("run_info") and prev["run_info"].get("rows_run_now", 0) > 0 and \
+            run_info.get("rows_run_now", 0) < len(summary["rows"]):
+        # a partial invocation (e.g. --seed 2 --rows a,b) beside the table's main run
+        extra.append(run_info)
+        run_info = prev["run_info"]
     summary["run_info"] = run_info or {}
+    summary["extra_runs"] = extra
     base = Path(results_dir) / f"table{table}"
     _write_atomic(base.with_suffix(".json"), json.dumps(summary, indent=2) + "\n")
-    _write_atomic(base.with_suffix(".md"), scaled_markdown(summary, run_info))
+    _write_atomic(base.with_suffix(".md"), scaled_markdown(summary, run_info, extra))
     png = plot_scaled(summary, base.with_suffix(".png"))
     return [base.with_suffix(".json"), base.with_suffix(".md"), png]
 

@@ -293,7 +293,8 @@ def test_render_scaled_table_beside_the_paper(tmp_path):
         seed = 2 if "seed2" in rid else 1
         p.write_text(json.dumps(_scaled(2, name, rid, v, seed, c)))
     written = make_tables.render_scaled(2, res, REPO / "results" / "paper.json",
-                                        run_info={"command": "table2.sh --scale cpu"})
+                                        run_info={"command": "table2.sh --scale cpu",
+                                                  "rows_run_now": 6})
     assert [w.name for w in written] == ["table2.json", "table2.md", "table2.png"]
     md = (res / "table2.md").read_text()
     assert "CPU scale" in md and "not the paper's setup" in md
@@ -308,6 +309,13 @@ def test_render_scaled_table_beside_the_paper(tmp_path):
     assert summary["noise"] == [{"row": "MSWA", "seeds": {"1": 2.0, "2": 2.04}}]
     assert (res / "table2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(res.glob(".*tmp*"))
+    # a partial second-seed invocation is recorded beside the main run, not instead of it
+    make_tables.render_scaled(2, res, REPO / "results" / "paper.json",
+                              run_info={"command": "table2.sh --scale cpu --seed 2 --rows mswa",
+                                        "rows_run_now": 1, "invocation_wall_s": 40.0})
+    md = (res / "table2.md").read_text()
+    assert "Command: `table2.sh --scale cpu`" in md
+    assert "Also run: `table2.sh --scale cpu --seed 2 --rows mswa` (1 rows, 40 s)" in md
     # Table 6: the paper's values are unknown, the CPU order is still given
     p = res / "table6" / "pydoc-chars" / "geometric.json"
     p.parent.mkdir(parents=True)
