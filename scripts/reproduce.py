@@ -3,17 +3,26 @@
 
     python scripts/reproduce.py --table 2 [--rows swa,mswa] [--datasets enwik8] [--gpus 8]
                                 [--max-update N] [--data-dir data-bin] [--smoke] [--dry-run]
+    python scripts/reproduce.py --table 2 --scale cpu [--seed 2 --rows a,b] [--verbose]
 
 For every (dataset, row): fairseq-train with the paper's setup (configs/tables/setup.yaml) and the
-row's flags (configs/tables/table<N>.yaml), then fairseq-eval-lm on the test split, then one JSON
-under ``<results-dir>/table<N>/<dataset>/<row id>.json``. Logs (fairseq's progress output) go to
-the terminal and to ``<runs-dir>/table<N>/<dataset>/<row id>/{train,eval}.log``; TensorBoard logs
-to ``.../tb``; checkpoints to ``<save-root>/table<N>/<dataset>/<row id>``.
+row's flags (configs/tables/table<N>.yaml), then fairseq-eval-lm of the best validation checkpoint
+(``checkpoint_best.pt``) on the test split, then one JSON under
+``<results-dir>/table<N>/<dataset>/<row id>.json``. Each run shows a progress bar (updates, loss,
+ETA); fairseq's full output goes to ``<runs-dir>/table<N>/<dataset>/<row id>/{train,eval}.log``
+(``--verbose`` streams it to the terminal too); TensorBoard logs to ``.../tb``; checkpoints to
+``<save-root>/table<N>/<dataset>/<row id>``.
 
 Knobs: ``--gpus N`` (fairseq's distributed world size; ``--update-freq`` is derived so that every
 update still has the paper's tokens), ``--batch-per-gpu`` (sequences per GPU per step),
-``--max-update``, ``--data-dir``, ``--rows``, ``--datasets``, ``--train-args``/``--eval-args``
-(extra fairseq flags), ``--force`` (re-run rows that have a result).
+``--max-update``, ``--seed``, ``--data-dir``, ``--rows``, ``--datasets``,
+``--train-args``/``--eval-args`` (extra fairseq flags), ``--force`` (re-run rows that have a result).
+
+``--scale cpu``: every row of the table shrunk by one factor (segment, windows, full-attention
+lengths; ``scales.cpu`` in setup.yaml), same data / shape / seed / updates for every row, on the
+byte-level corpus of CPython's documentation topics (no download; bpc). Writes
+``results/cpu/table<N>.{json,md,png}`` (scripts/make_tables.py) beside the paper's column.
+A ``--seed`` other than the configured one writes ``<row id>-seed<N>.json`` (run-to-run noise).
 
 ``--smoke``: every row end to end on CPU for a couple of updates with the tiny preset, on tiny
 corpora built from CPython's documentation topics (no download); results under runs/smoke/ so
@@ -47,6 +56,8 @@ sys.path.insert(0, str(REPO))
 CONFIGS = REPO / "configs" / "tables"
 USER_DIR = REPO / "fairseq_mswa"
 TABLES = (2, 3, 5, 6)
+# evaluated checkpoint: the best validation loss (fairseq keeps it as checkpoint_best.pt)
+CHECKPOINT = "checkpoint_best.pt"
 
 
 class ReproError(RuntimeError):
@@ -84,18 +95,93 @@ def select(items: List[Dict], wanted: Optional[str], key_names=("id", "row")) ->
     return [known[n] for n in names]
 
 
-def max_window(args: Dict, layers: int = 12, heads: int = 8) -> Optional[int]:
-    """Largest window of the row's schedule (None: a head with full attention)."""
+def resolve_model(arch: str, flag_values: Dict):
+    """The model configuration fairseq-train will build: ``flag_values`` (fairseq flag names
+    without ``--``), then the ``arch`` preset, then the model dataclass's defaults."""
+    from argparse import Namespace
+    from dataclasses import MISSING, fields
+
+    import fairseq_mswa  # noqa: F401  (registers the models)
+    from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY
+
+    if arch not in ARCH_MODEL_REGISTRY:
+        raise ReproError(f"unknown --arch {arch!r}: fairseq_mswa registers "
+                         + ", ".join(sorted(a for a in ARCH_MODEL_REGISTRY if "mswa" in a)))
+    ns = Namespace(**{k.replace("-", "_"): v for k, v in flag_values.items()})
+    ARCH_CONFIG_REGISTRY[arch](ns)
+    dc = getattr(ARCH_MODEL_REGISTRY[arch], "__dataclass", None)
+    for f in fields(dc) if dc is not None else ():
+        if not hasattr(ns, f.name) and f.default is not MISSING:
+            setattr(ns, f.name, f.default)
+    for name in ("decoder_layers", "decoder_attention_heads", "decoder_embed_dim", "base_window",
+                 "feature_dim", "sink_tokens"):
+        if getattr(ns, name, None) is not None:
+            setattr(ns, name, int(getattr(ns, name)))
+    return ns
+
+
+def model_schedule(ns):
+    """(layer pattern or None, window schedule or None) of a resolved model configuration: the
+    models' own code (fairseq_mswa.models) builds both, so the plan sees what training sees."""
+    from fairseq_mswa.models.window_config import schedule_from_config
+
+    heads = ns.decoder_attention_heads
+    if getattr(ns, "layer_pattern", None) is not None:  # linear_mswa hybrid
+        from fairseq_mswa.models.linear_mswa import expand_layer_pattern, hybrid_schedule
+
+        pattern = expand_layer_pattern(ns.layer_pattern, ns.decoder_layers)
+        return pattern, hybrid_schedule(ns, pattern, heads)
+    return None, schedule_from_config(ns, ns.decoder_layers, heads)
+
+
+def max_window(schedule) -> Optional[int]:
+    """Largest window of any layer (``WindowSchedule.max_window``); None when a layer has a
+    full-attention head."""
+    per_layer = [schedule.max_window(i) for i in range(schedule.num_layers)]
+    return None if any(w is None for w in per_layer) else max(per_layer)
+
+
+def model_cost(ns, segment: int, reference_base: int) -> Dict:
+    """Cost (fairseq_mswa.cost's model: sum of windows of all heads of all layers, plus the linear
+    layers' state) of the resolved model, relative to MSWA with base window ``reference_base`` at
+    the same shape (the paper's 1.00 row)."""
+    from fairseq_mswa.cost import REFERENCE, hybrid_cost
     from fairseq_mswa.schedule import build_schedule
 
-    sched = build_schedule(
-        layers, heads,
-        base_window=args.get("base-window"),
-        pattern=args.get("attn-pattern", "mswa"),
-        variation=args.get("window-variation", "geometric"),
-        windows=args.get("attn-windows") or None,
-    )
-    return sched.window_range()[1]
+    layer_pattern, sched = model_schedule(ns)
+    heads = ns.decoder_attention_heads
+    if layer_pattern is None:
+        cost = sched.cost(seq_len=segment)
+    else:
+        cost = hybrid_cost(layer_pattern, sched, seq_len=segment, num_heads=heads,
+                           head_dim=ns.decoder_embed_dim // heads, feature_dim=ns.feature_dim)
+    ref = build_schedule(ns.decoder_layers, heads, reference_base, REFERENCE["pattern"]).cost()
+    return {"cost": cost, "reference_cost": ref, "relative_cost": cost / ref,
+            "layer_pattern": layer_pattern,
+            "windows": list(sched.window_range()) if sched is not None else None,
+            "max_window": max_window(sched) if sched is not None else None}
+
+
+def scale_args(args: Dict, factor: int, what: str) -> Dict:
+    """Row flags with every window length divided by ``factor`` (exactly)."""
+    def div(v, name):
+        v = int(v)
+        if v % factor:
+            raise ReproError(f"{what}: {name} {v} is not divisible by the scale factor {factor}")
+        return v // factor
+
+    out = dict(args)
+    for key in ("base-window", "mem-len"):
+        if out.get(key) is not None and not (key == "mem-len" and int(out[key]) < 0):
+            out[key] = div(out[key], key)
+    if out.get("attn-windows"):
+        spec = out["attn-windows"]
+        spec = json.loads(spec) if isinstance(spec, str) else spec
+        out["attn-windows"] = json.dumps(
+            [[None if w is None else div(w, "window") for w in (e if isinstance(e, list) else [e])]
+             if isinstance(e, list) else (None if e is None else div(e, "window"))
+             for e in spec])
+    return out
 
 
 def flags(d: Dict) -> List[str]:
@@ -125,23 +211,52 @@ class Run:
         self.meta = meta
 
 
+def load_scale(setup: Dict, name: Optional[str]) -> Optional[Dict]:
+    if name is None or name == "paper":
+        return None
+    scales = setup.get("scales") or {}
+    if name not in scales:
+        raise ReproError(f"unknown --scale {name!r}: configs/tables/setup.yaml has "
+                         + ", ".join(["paper"] + sorted(scales)))
+    return scales[name]
+
+
 def plan_runs(table: int, opts, setup: Dict) -> List[Run]:
     cfg = load_table(table)
-    family = setup["families"][cfg["family"]]
-    datasets = opts.datasets.split(",") if opts.datasets else cfg["datasets"]
-    for d in datasets:
-        if d not in family["datasets"]:
-            raise ReproError(f"unknown dataset {d!r}: use {', '.join(family['datasets'])}")
+    family_name = cfg["family"]
+    family = setup["families"][family_name]
+    scale = load_scale(setup, getattr(opts, "scale", None))
+    if opts.smoke and scale:
+        raise ReproError("--smoke and --scale exclude each other: pick one")
+    if scale:
+        only = scale["dataset"]
+        if opts.datasets and opts.datasets != only:
+            raise ReproError(f"--scale {opts.scale} runs every row on {only}: drop --datasets")
+        datasets = [only]
+    else:
+        datasets = opts.datasets.split(",") if opts.datasets else cfg["datasets"]
+        for d in datasets:
+            if d not in family["datasets"]:
+                raise ReproError(f"unknown dataset {d!r}: use {', '.join(family['datasets'])}")
     rows = select(cfg["rows"], opts.rows)
     smoke = setup["smoke"] if opts.smoke else None
+    factor = int(scale["factor"]) if scale else 1
+    default_seed = int(setup["train"]["seed"])
     runs = []
     for dataset in datasets:
-        ds = family["datasets"][dataset]
+        ds = family["datasets"][scale["rows_as"] if scale else dataset]
         if smoke:
             data = Path(opts.data_dir) / smoke["datasets"][dataset]["corpus"]
             segment = int(smoke["segment"])
             sequences = int(smoke["sequences_per_update"])
             eval_bs = int(smoke["eval_batch_size"])
+        elif scale:
+            data = Path(opts.data_dir) / setup["datasets"][dataset]["data"]
+            if int(family["segment"]) % factor:
+                raise ReproError(f"segment {family['segment']} is not divisible by {factor}")
+            segment = int(family["segment"]) // factor
+            sequences = int(scale["sequences_per_update"][family_name])
+            eval_bs = int(scale["eval_batch_size"][family_name])
         else:
             data = Path(opts.data_dir) / setup["datasets"][dataset]["data"]
             segment = int(family["segment"])
@@ -160,9 +275,11 @@ def plan_runs(table: int, opts, setup: Dict) -> List[Run]:
         update_freq = sequences // (gpus * per_gpu)
         for row in rows:
             args = dict(row.get("args", {}))
+            if scale:
+                args = scale_args(args, factor, f"table {table} row {row['id']}")
             arch = row.get("arch") or ds.get("arch")
             criterion = ds["criterion"]
-            # flags, later ones win: paper setup < family < dataset < smoke < smoke model dims
+            # flags, later ones win: paper setup < family < dataset < smoke / scale < model dims
             train = dict(setup["train"])
             train.update(family.get("train") or {})
             train.update(ds.get("train") or {})
@@ -170,21 +287,30 @@ def plan_runs(table: int, opts, setup: Dict) -> List[Run]:
                 sds = smoke["datasets"][dataset]
                 train.update(smoke["train"])
                 train.update(sds.get("train") or {})
-                train.update((smoke.get("model") or {}).get(cfg["family"]) or {})
+                train.update((smoke.get("model") or {}).get(family_name) or {})
+            if scale:
+                train.update(scale.get("train") or {})
+                train.update((scale.get("tables") or {}).get(table) or {})
+                train.update((scale.get("model") or {}).get(family_name) or {})
             if opts.max_update is not None:
                 train["max-update"] = opts.max_update
+            seed = getattr(opts, "seed", None)
+            if seed is not None:
+                train["seed"] = seed
+            seed = int(train["seed"])
             if int(train["max-update"]) <= int(train.get("warmup-updates", 0)):
                 # fairseq's cosine period is max-update - warm-up: it must stay positive
                 train["warmup-updates"] = int(train["max-update"]) // 10
+            model = resolve_model(arch, {**train, **args})
+            cost = model_cost(model, segment, 128 // factor)
             mem = None
             if family.get("memory") == "per_layer":
-                # the model's --mem-len -1: every layer keeps (its largest window - 1) tokens
-                top = max_window(args)
-                if top is None:
-                    raise ReproError(f"row {row['id']} has full-attention heads: its memory "
-                                     "would be the segment; give mem-len in its args")
-                mem = int(args["mem-len"]) if "mem-len" in args else top - 1
-            rid = row["id"]
+                # the model's --mem-len -1: every layer keeps (its largest window - 1) tokens, a
+                # layer with a full-attention head the segment (XL's memory_lengths)
+                top = cost["max_window"]
+                mem = int(args["mem-len"]) if "mem-len" in args else (
+                    segment if top is None else top - 1)
+            rid = row["id"] + (f"-seed{seed}" if seed != default_seed else "")
             run_dir = Path(opts.runs_dir) / f"table{table}" / dataset / rid
             save_dir = Path(opts.save_root) / f"table{table}" / dataset / rid
             result = Path(opts.results_dir) / f"table{table}" / dataset / f"{rid}.json"
@@ -201,15 +327,19 @@ def plan_runs(table: int, opts, setup: Dict) -> List[Run]:
             )
             eval_cmd = (
                 [sys.executable, "-m", "fairseq_cli.eval_lm"] + common
-                + ["--path", str(save_dir / "checkpoint_last.pt"), "--gen-subset", "test",
+                + ["--path", str(save_dir / CHECKPOINT), "--gen-subset", "test",
                    "--batch-size", str(eval_bs), "--log-format", "simple"]
-                + (["--cpu"] if smoke else [])
+                + (["--cpu"] if (smoke or scale) else [])
                 + shlex.split(opts.eval_args or "")
             )
             meta = {
                 "arch": arch, "criterion": criterion, "segment": segment, "max_memory": mem,
                 "args": args, "gpus": gpus, "batch_per_gpu": per_gpu, "update_freq": update_freq,
-                "tokens_per_update": sequences * segment, "max_update": train["max-update"],
+                "tokens_per_update": sequences * segment, "max_update": int(train["max-update"]),
+                "seed": seed, "scale": getattr(opts, "scale", None) or "paper", "factor": factor,
+                "layers": model.decoder_layers, "heads": model.decoder_attention_heads,
+                "embed_dim": model.decoder_embed_dim,
+                "cost": {k: v for k, v in cost.items()},
             }
             runs.append(Run(table, dataset, row, train_cmd, eval_cmd, result, run_dir,
                             save_dir, data, meta))
@@ -239,6 +369,64 @@ def stream(cmd: List[str], log_path: Path, prefix: str) -> Tuple[int, str]:
             proc.wait()
             raise
     return rc, "".join(lines)
+
+
+_INNER = re.compile(r"\| train_inner \| .*?loss=([\d.]+).*?num_updates=(\d+)")
+_VALID = re.compile(r"\| valid \| .*?\| loss ([\d.]+) .*?\| num_updates (\d+)")
+
+
+def progress_of(line: str) -> Optional[Tuple[str, int, float]]:
+    """("train" | "valid", updates, loss) from one line of fairseq's simple log, else None."""
+    m = _INNER.search(line)
+    if m:
+        return "train", int(m.group(2)), float(m.group(1))
+    m = _VALID.search(line)
+    if m:
+        return "valid", int(m.group(2)), float(m.group(1))
+    return None
+
+
+def run_quiet(cmd: List[str], log_path: Path, desc: str, total: Optional[int]) -> Tuple[int, str]:
+    """Run ``cmd`` with its output in ``log_path`` only, showing a tqdm bar (updates, training
+    and validation loss, elapsed, ETA) when ``total`` updates are expected."""
+    from tqdm import tqdm
+
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    lines = []
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    bar = tqdm(total=total, desc=desc, unit="upd", dynamic_ncols=True, leave=True,
+               bar_format=None if total else "{desc}: {elapsed}")
+    post = {}
+    with open(log_path, "w", encoding="utf-8") as log:
+        log.write("$ " + " ".join(shlex.quote(c) for c in cmd) + "\n")
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env=env, cwd=REPO)
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                lines.append(line)
+                got = progress_of(line) if total else None
+                if got:
+                    kind, n, loss = got
+                    post[kind] = f"{loss:.3f}"
+                    bar.set_postfix(post, refresh=False)
+                    bar.update(max(0, min(n, total) - bar.n))
+            rc = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            bar.close()
+            raise
+    bar.close()
+    return rc, "".join(lines)
+
+
+def run_logged(cmd: List[str], log_path: Path, tag: str, desc: str, total: Optional[int],
+               verbose: bool) -> Tuple[int, str]:
+    if verbose:
+        print(f"{tag} $ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+        return stream(cmd, log_path, tag)
+    return run_quiet(cmd, log_path, desc, total)
 
 
 _EVAL_TOKENS = re.compile(r"Evaluated ([\d,]+) tokens in ([\d.]+)s \(([\d.]+) tokens/s\)")
@@ -311,23 +499,50 @@ def metric_value(dataset: str, metric: str, ev: Dict, split: Dict) -> Dict:
     raise ReproError(f"unknown metric {metric!r}")
 
 
+def machine_info() -> Dict:
+    import platform
+
+    model = None
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")),
+                         None)
+    except OSError:
+        pass
+    info = {"cpu": model or platform.processor(), "cpus": os.cpu_count(),
+            "threads": os.environ.get("OMP_NUM_THREADS"), "python": platform.python_version(),
+            "platform": platform.platform()}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+    except ImportError:
+        pass
+    return info
+
+
 def execute(run: Run, setup: Dict, opts) -> Dict:
     from fairseq_mswa.cost import as_dicts, table_rows
 
     tag = f"[table{run.table} {run.dataset} {run.row['id']}]"
-    print(f"{tag} train: " + " ".join(shlex.quote(c) for c in run.train_cmd), flush=True)
+    verbose = bool(getattr(opts, "verbose", False))
+    load0 = os.getloadavg()
     t0 = time.time()
-    rc, out = stream(run.train_cmd, run.run_dir / "train.log", tag)
+    rc, out = run_logged(run.train_cmd, run.run_dir / "train.log", tag,
+                         f"{run.row['id']} train", int(run.meta["max_update"]), verbose)
     if rc != 0:
         raise ReproError(f"{tag} fairseq-train failed (exit {rc}); see {run.run_dir/'train.log'}")
     train_s = time.time() - t0
-    ckpt = run.save_dir / "checkpoint_last.pt"
+    ckpt = run.save_dir / CHECKPOINT
     if not ckpt.is_file():
-        raise ReproError(f"{tag} no {ckpt} after training")
-    print(f"{tag} eval: " + " ".join(shlex.quote(c) for c in run.eval_cmd), flush=True)
-    rc, eval_out = stream(run.eval_cmd, run.run_dir / "eval.log", tag)
+        raise ReproError(f"{tag} no {ckpt} after training (validation must stay on: it picks "
+                         f"the best checkpoint); see {run.run_dir/'train.log'}")
+    t1 = time.time()
+    rc, eval_out = run_logged(run.eval_cmd, run.run_dir / "eval.log", tag,
+                              f"{run.row['id']} eval", None, verbose)
     if rc != 0:
         raise ReproError(f"{tag} fairseq-eval-lm failed (exit {rc}); see {run.run_dir/'eval.log'}")
+    eval_wall = time.time() - t1
     ev = parse_eval(eval_out)
     split = test_split_stats(run.data)
     metric = setup["datasets"][run.dataset]["metric"]
@@ -336,23 +551,33 @@ def execute(run: Run, setup: Dict, opts) -> Dict:
     if cost is None:
         raise ReproError(f"row {run.row['row']!r} is not in fairseq_mswa.cost's Table {run.table}")
     tr = parse_train(out)
+    valid = [(n, loss) for kind, n, loss in filter(None, map(progress_of, out.splitlines()))
+             if kind == "valid"]
     res = {
         "table": run.table, "row": run.row["row"], "row_id": run.row["id"],
         "dataset": run.dataset, "smoke": bool(opts.smoke), "data": str(run.data),
+        "scale": run.meta["scale"], "seed": run.meta["seed"],
         **value, **ev,
         "test_split": split,
         "relative_cost": cost["relative_cost"], "relative_cost_display":
             cost["relative_cost_display"],
+        "run_relative_cost": run.meta["cost"]["relative_cost"],
         "train": {**run.meta, **tr, "wall_s": round(train_s, 1)},
         "train_tokens_per_s": tr.get("train_tokens_per_s"),
-        "checkpoint": str(run.save_dir / "checkpoint_last.pt"),
+        "valid_curve": [{"updates": n, "loss_base2": l} for n, l in valid],
+        "checkpoint": str(ckpt),
+        "eval_wall_s": round(eval_wall, 1),
+        "loadavg_1min": {"start": round(load0[0], 2), "end": round(os.getloadavg()[0], 2)},
+        "machine": machine_info(),
         "commands": {"train": run.train_cmd, "eval": run.eval_cmd},
-        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
     if not math.isfinite(res["value"]):
         raise ReproError(f"{tag} non-finite {metric}: {res['value']}")
     write_json_atomic(run.result, res)
-    print(f"{tag} {metric} = {res['value']:.4f} -> {run.result}", flush=True)
+    print(f"{tag} {metric} = {res['value']:.4f} after {tr.get('updates', '?')} updates "
+          f"(train {train_s:.0f} s, eval {eval_wall:.0f} s; logs {run.run_dir}) -> {run.result}",
+          flush=True)
     return res
 
 
@@ -367,6 +592,38 @@ def prepare_smoke_data(setup: Dict, data_dir: Path, datasets: List[str]) -> None
             prepare_pydoc_chars(data_dir, max_bytes=spec.get("max_bytes"), workers=1)
         else:
             raise ReproError(f"unknown smoke corpus {spec['corpus']!r}")
+
+
+def prepare_scale_data(setup: Dict, data_dir: Path, dataset: str) -> None:
+    """The --scale corpus: CPython's documentation topics, byte level (the demo's corpus)."""
+    from data_prep.pydoc_corpus import prepare_pydoc_chars
+
+    if dataset != "pydoc-chars":
+        raise ReproError(f"--scale knows how to build pydoc-chars only, not {dataset!r}")
+    prepare_pydoc_chars(data_dir, workers=1, name=setup["datasets"][dataset]["data"])
+
+
+def cost_report(table: int, runs: List[Run]) -> str:
+    """The relative cost of every planned row (cost model at the run's shape) beside the paper's."""
+    from fairseq_mswa.cost import as_dicts, table_rows
+
+    paper = {r["row"]: r for r in as_dicts(table_rows(table))}
+    m = runs[0].meta
+    lines = [f"Table {table}, {m['scale']} scale (windows / segment / n divided by {m['factor']}): "
+             f"{m['layers']} layers x {m['heads']} heads, d {m['embed_dim']}, segment "
+             f"{m['segment']}, {m['tokens_per_update']} tokens/update, {m['max_update']} updates, "
+             f"seed {m['seed']}",
+             f"{'row':34s} {'windows':>10s} {'memory':>6s} {'rel. cost (run)':>15s} "
+             f"{'rel. cost (paper model)':>23s}"]
+    for r in runs:
+        c = r.meta["cost"]
+        w = c["windows"]
+        wtxt = ("-" if not w else f"full {r.meta['segment']}" if w[0] is None
+                else f"{w[0]}..{w[1]}" if w[0] != w[1] else str(w[0]))
+        p = paper[r.row["row"]]
+        lines.append(f"{r.row['row']:34s} {wtxt:>10s} {str(r.meta['max_memory']):>6s} "
+                     f"{c['relative_cost']:15.3f} {p['relative_cost']:23.3f}")
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -397,19 +654,37 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     ap.add_argument("--no-tables", action="store_true",
                     help="do not run make_tables.py at the end")
+    ap.add_argument("--scale", default=None,
+                    help="run every row shrunk by the named scale of configs/tables/setup.yaml "
+                         "(cpu: 2 cores, minutes per row; results/cpu/)")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="training seed (default: setup.yaml's); another seed writes "
+                         "<row>-seed<N>.json beside the default one (run-to-run noise)")
+    ap.add_argument("--verbose", action="store_true",
+                    help="stream fairseq's output instead of one progress bar per run")
     return ap
 
 
 def main(argv=None) -> int:
     opts = build_parser().parse_args(argv)
-    base = REPO / "runs" / "smoke" if opts.smoke else REPO
+    t_start = time.time()
+    if opts.smoke:
+        base = REPO / "runs" / "smoke"
+    elif opts.scale and opts.scale != "paper":
+        base = REPO / "runs" / opts.scale
+    else:
+        base = REPO
+    scaled = base not in (REPO, REPO / "runs" / "smoke")
     opts.data_dir = opts.data_dir or str(base / "data-bin")
-    opts.results_dir = opts.results_dir or str(base / "results")
-    opts.runs_dir = opts.runs_dir or str(base / "runs" if opts.smoke else REPO / "runs")
+    opts.results_dir = opts.results_dir or str(
+        REPO / "results" / opts.scale if scaled else base / "results")
+    opts.runs_dir = opts.runs_dir or str(base / "runs" if base != REPO else REPO / "runs")
     opts.save_root = opts.save_root or str(base / "checkpoints")
     setup = load_setup()
     try:
         runs = plan_runs(opts.table, opts, setup)
+        if scaled:
+            print(cost_report(opts.table, runs), flush=True)
         if opts.dry_run:
             for r in runs:
                 print(" ".join(shlex.quote(c) for c in r.train_cmd))
@@ -417,6 +692,8 @@ def main(argv=None) -> int:
             return 0
         if opts.smoke:
             prepare_smoke_data(setup, Path(opts.data_dir), sorted({r.dataset for r in runs}))
+        if scaled:
+            prepare_scale_data(setup, Path(opts.data_dir), runs[0].dataset)
         for r in runs:
             if not r.data.is_dir():
                 raise ReproError(
@@ -435,11 +712,23 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if not opts.no_tables:
-        from make_tables import render  # noqa: E402  (scripts/ is on sys.path via __file__)
+        from make_tables import render, render_scaled  # noqa: E402  (scripts/ is on sys.path)
 
-        out = Path(opts.results_dir) / "tables.md"
-        render(Path(opts.results_dir), REPO / "results" / "paper.json", out)
-        print(f"wrote {out}")
+        if scaled:
+            written = render_scaled(
+                opts.table, Path(opts.results_dir), REPO / "results" / "paper.json",
+                run_info={"command": " ".join(shlex.quote(a) for a in
+                                              [Path(sys.argv[0]).name] + (argv or sys.argv[1:])),
+                          "invocation_wall_s": round(time.time() - t_start, 1),
+                          "rows_run_now": done, "scale": opts.scale,
+                          "machine": machine_info()})
+            print(written[0].with_suffix(".md").read_text(encoding="utf-8"))
+            for p in written:
+                print(f"wrote {p}")
+        else:
+            out = Path(opts.results_dir) / "tables.md"
+            render(Path(opts.results_dir), REPO / "results" / "paper.json", out)
+            print(f"wrote {out}")
     return 0
 
 

@@ -3,6 +3,8 @@
 # writing results/table3/<dataset>/<row>.json and results/tables.md. Rows: configs/tables/table3.yaml.
 #   scripts/table3.sh [--gpus N] [--max-update N] [--data-dir DIR] [--rows a,b] [--datasets d]
 #   scripts/table3.sh --smoke     # every row, a few updates, tiny built-in corpus, CPU
+#   flock /tmp/mswa-cpu.lock scripts/table3.sh --scale cpu   # every row shrunk for 2 CPU cores (minutes),
+#       results/cpu/table3.{json,md,png} beside the paper; --seed 2 --rows a,b: noise; --verbose
 #   scripts/table3.sh --dry-run   # print the fairseq commands
 # More knobs: python scripts/reproduce.py --help
 set -euo pipefail

@@ -21,7 +21,7 @@ import reproduce  # noqa: E402
 def _opts(**kw):
     base = dict(datasets=None, rows=None, smoke=False, data_dir="/data", gpus=1,
                 batch_per_gpu=None, max_update=None, runs_dir="/runs", save_root="/ckpt",
-                results_dir="/res", train_args="", eval_args="")
+                results_dir="/res", train_args="", eval_args="", scale=None, seed=None)
     base.update(kw)
     return SimpleNamespace(**base)
 
@@ -110,6 +110,97 @@ def test_plan_row_selection_and_overrides():
         reproduce.plan_runs(5, _opts(datasets="ptb"), setup)
 
 
+def test_plan_evaluates_the_best_checkpoint():
+    setup = reproduce.load_setup()
+    for t in reproduce.TABLES:
+        for r in reproduce.plan_runs(t, _opts(), setup):
+            assert _flag(r.eval_cmd, "--path").endswith("/checkpoint_best.pt")
+            assert "--disable-validation" not in r.train_cmd
+
+
+def test_memory_is_the_schedules_largest_window(monkeypatch):
+    """Memory = WindowSchedule.max_window over the layers of the row's real shape; a layer with
+    full attention makes it the segment (no longer an error)."""
+    from fairseq_mswa.schedule import build_schedule
+
+    assert reproduce.max_window(build_schedule(12, 8, 128, "mswa")) == 512
+    assert reproduce.max_window(build_schedule(6, 4, 16, "swa")) == 16
+    assert reproduce.max_window(build_schedule(4, 4, 16, "mswa", full_attn_layers=[2])) is None
+    setup = reproduce.load_setup()
+    cfg = reproduce.load_table(2)
+    row = dict(cfg["rows"][-1], args={"attn-pattern": "mswa", "base-window": 128,
+                                      "full-attn-layers": "3"})
+    monkeypatch.setattr(reproduce, "load_table", lambda t: dict(cfg, rows=[row]))
+    run = reproduce.plan_runs(2, _opts(datasets="enwik8"), setup)[0]
+    assert run.meta["max_memory"] == 512  # the segment
+    row["args"] = {"attn-pattern": "mswa", "base-window": 128, "decoder-layers": 8}
+    run = reproduce.plan_runs(2, _opts(datasets="enwik8"), setup)[0]
+    assert run.meta["layers"] == 8 and run.meta["max_memory"] == 511
+
+
+def test_plan_cpu_scale_is_the_paper_shrunk():
+    """--scale cpu: one corpus, one shape, seed, update count and tokens per update per table;
+    segment, windows and full-attention lengths divided by one factor, so the relative costs
+    (cost model at the run's shape) are the paper's; Table 3's linear layers keep the order."""
+    from fairseq_mswa.cost import table_rows
+
+    setup = reproduce.load_setup()
+    scale = setup["scales"]["cpu"]
+    f = scale["factor"]
+    for t in reproduce.TABLES:
+        runs = reproduce.plan_runs(t, _opts(scale="cpu", data_dir="/d"), setup)
+        paper = {r.row: r for r in table_rows(t)}
+        assert [r.row["row"] for r in runs] == list(paper)
+        assert {r.dataset for r in runs} == {"pydoc-chars"}
+        for key in ("max_update", "seed", "tokens_per_update", "segment", "layers", "heads",
+                    "embed_dim"):
+            assert len({r.meta[key] for r in runs}) == 1, key
+        assert runs[0].meta["max_update"] == scale["tables"][t]["max-update"]
+        for r in runs:
+            cmd = r.train_cmd
+            assert "--cpu" in cmd and "--cpu" in r.eval_cmd
+            assert _flag(cmd, "--seed") == "1" and cmd[3] == "/d/pydoc-chars"
+            assert int(_flag(cmd, "--tokens-per-sample")) * f in (512, 2048)
+            if "--base-window" in cmd:
+                assert int(_flag(cmd, "--base-window")) * f == r.row["args"]["base-window"]
+            p = paper[r.row["row"]]
+            if t != 3:
+                assert r.meta["cost"]["relative_cost"] == pytest.approx(p.relative_cost)
+        if t == 3:
+            got = [r.meta["cost"]["relative_cost"] for r in runs]
+            want = [paper[r.row["row"]].relative_cost for r in runs]
+            assert sorted(range(5), key=got.__getitem__) == sorted(range(5), key=want.__getitem__)
+            assert got[0] == pytest.approx(want[0])  # full attention: n = segment
+    t2 = {r.row["id"]: r for r in reproduce.plan_runs(2, _opts(scale="cpu"), setup)}
+    assert t2["full-n2048"].meta["max_memory"] == 511 and t2["mswa"].meta["max_memory"] == 127
+    assert t2["mswa"].meta["cost"]["windows"] == [2, 128]
+    out = reproduce.cost_report(2, list(t2.values()))
+    assert "18.204" in out and "2..128" in out
+
+
+def test_plan_seed_and_scale_errors():
+    setup = reproduce.load_setup()
+    run = reproduce.plan_runs(2, _opts(scale="cpu", seed=2, rows="mswa"), setup)[0]
+    assert _flag(run.train_cmd, "--seed") == "2" and run.result.name == "mswa-seed2.json"
+    assert run.save_dir.name == "mswa-seed2"
+    with pytest.raises(reproduce.ReproError, match="unknown --scale 'gpu'.*cpu"):
+        reproduce.plan_runs(2, _opts(scale="gpu"), setup)
+    with pytest.raises(reproduce.ReproError, match="drop --datasets"):
+        reproduce.plan_runs(2, _opts(scale="cpu", datasets="enwik8"), setup)
+    with pytest.raises(reproduce.ReproError, match="exclude each other"):
+        reproduce.plan_runs(2, _opts(scale="cpu", smoke=True), setup)
+    with pytest.raises(reproduce.ReproError, match="not divisible by the scale factor 4"):
+        reproduce.scale_args({"base-window": 30}, 4, "row x")
+
+
+def test_progress_bar_reads_fairseq_lines():
+    assert reproduce.progress_of(TRAIN_OUT.splitlines()[0]) == ("train", 2, 6.886)
+    valid = ("2026-11-23 06:26:07 | INFO | valid | epoch 001 | valid on 'valid' subset | "
+             "loss 4.819 | ppl 28.2 | wps 1 | wpb 64 | bsz 2 | num_updates 40")
+    assert reproduce.progress_of(valid) == ("valid", 40, 4.819)
+    assert reproduce.progress_of("| train | epoch 001 | loss 6.935") is None
+
+
 def test_missing_data_names_the_prep_script(tmp_path, capsys):
     rc = reproduce.main(["--table", "6", "--data-dir", str(tmp_path), "--results-dir",
                          str(tmp_path / "res"), "--no-tables"])
@@ -182,6 +273,58 @@ def test_make_tables_renders_ours_next_to_paper(tmp_path):
     assert not list(tmp_path.glob(".*tmp*"))
 
 
+def _scaled(table, row, rid, value, seed=1, cost=None):
+    return {"table": table, "row": row, "row_id": rid, "dataset": "pydoc-chars", "value": value,
+            "seed": seed, "scale": "cpu", "data": "/d/pydoc-chars", "run_relative_cost": cost,
+            "test_split": {"bytes": 23309}, "train_tokens_per_s": 1000.0, "eval_wall_s": 5.0,
+            "finished": "2026-11-23 14:00:00 UTC", "machine": {"cpu": "test", "cpus": 2},
+            "train": {"updates": 500, "max_update": 500, "wall_s": 60.0, "layers": 4,
+                      "heads": 4, "embed_dim": 64, "segment": 128, "tokens_per_update": 1024,
+                      "factor": 4, "cost": {"windows": [2, 128]}}}
+
+
+def test_render_scaled_table_beside_the_paper(tmp_path):
+    res = tmp_path / "cpu"
+    rows = (("SWA", "swa", 2.10, 1.14), ("MSWA", "mswa", 2.00, 1.0), ("MSWA-h", "mswa-h", 2.05,
+            1.07), ("MSWA", "mswa-seed2", 2.04, 1.0))
+    for name, rid, v, c in rows:
+        p = res / "table2" / "pydoc-chars" / f"{rid}.json"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        seed = 2 if "seed2" in rid else 1
+        p.write_text(json.dumps(_scaled(2, name, rid, v, seed, c)))
+    written = make_tables.render_scaled(2, res, REPO / "results" / "paper.json",
+                                        run_info={"command": "table2.sh --scale cpu",
+                                                  "rows_run_now": 6})
+    assert [w.name for w in written] == ["table2.json", "table2.md", "table2.png"]
+    md = (res / "table2.md").read_text()
+    assert "CPU scale" in md and "not the paper's setup" in md
+    assert "| MSWA | 2..128 | 1.00 | 1.00 | 2.000 | seed 2: 2.040 | 29.56 | 1.11 | 500 |" in md
+    assert "| MSWA-l | - | - | 1.07 | - |" in md
+    # paper (enwik8): MSWA 1.11 < MSWA-h 1.16 < SWA 1.22; ours 2.00 < 2.05 < 2.10: 3 of 3 hold
+    assert "hold at CPU scale: 3 of 3" in md
+    assert "MSWA: seed 1 2.000, seed 2 2.040 (spread 0.040)" in md
+    assert "Command: `table2.sh --scale cpu`" in md
+    summary = json.loads((res / "table2.json").read_text())
+    assert summary["ordering"]["cpu"] == ["MSWA", "MSWA-h", "SWA"]
+    assert summary["noise"] == [{"row": "MSWA", "seeds": {"1": 2.0, "2": 2.04}}]
+    assert (res / "table2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(res.glob(".*tmp*"))
+    # a partial second-seed invocation is recorded beside the main run, not instead of it
+    make_tables.render_scaled(2, res, REPO / "results" / "paper.json",
+                              run_info={"command": "table2.sh --scale cpu --seed 2 --rows mswa",
+                                        "rows_run_now": 1, "invocation_wall_s": 40.0})
+    md = (res / "table2.md").read_text()
+    assert "Command: `table2.sh --scale cpu`" in md
+    assert "Also run: `table2.sh --scale cpu --seed 2 --rows mswa` (1 rows, 40 s)" in md
+    # Table 6: the paper's values are unknown, the CPU order is still given
+    p = res / "table6" / "pydoc-chars" / "geometric.json"
+    p.parent.mkdir(parents=True)
+    p.write_text(json.dumps(_scaled(6, "MSWA (geometric)", "geometric", 2.0, cost=1.0)))
+    make_tables.render_scaled(6, res, REPO / "results" / "paper.json")
+    md6 = (res / "table6.md").read_text()
+    assert "Paper values unknown" in md6 and "| unknown | unknown |" in md6
+
+
 # --- end to end: the table scripts' --smoke mode and the demo's --quick mode --------------------
 
 def _run(cmd, timeout):
@@ -207,6 +350,7 @@ def _check_smoke(tmp_path, table, datasets, rows=None):
             r = json.loads((res / f"table{table}" / d / f"{rid}.json").read_text())
             assert r["smoke"] is True and r["train"]["updates"] == 2
             assert r["value"] > 0 and r["eval_symbols"] == r["test_split"]["symbols"]
+            assert r["checkpoint"].endswith("checkpoint_best.pt") and r["valid_curve"]
             tb = tmp_path / "runs" / f"table{table}" / d / rid / "tb"
             assert list(tb.rglob("events.out.tfevents*")), "TensorBoard logs are on by default"
     md = (res / "tables.md").read_text()
