@@ -53,6 +53,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from fairseq_mswa.run_utils import (  # noqa: E402
+    CommandError, parse_eval_lm, parse_train_summary, write_json_atomic,
+)
+
 CONFIGS = REPO / "configs" / "tables"
 USER_DIR = REPO / "fairseq_mswa"
 TABLES = (2, 3, 5, 6)
@@ -134,13 +138,6 @@ def model_schedule(ns):
     return None, schedule_from_config(ns, ns.decoder_layers, heads)
 
 
-def max_window(schedule) -> Optional[int]:
-    """Largest window of any layer (``WindowSchedule.max_window``); None when a layer has a
-    full-attention head."""
-    per_layer = [schedule.max_window(i) for i in range(schedule.num_layers)]
-    return None if any(w is None for w in per_layer) else max(per_layer)
-
-
 def model_cost(ns, segment: int, reference_base: int) -> Dict:
     """Cost (fairseq_mswa.cost's model: sum of windows of all heads of all layers, plus the linear
     layers' state) of the resolved model, relative to MSWA with base window ``reference_base`` at
@@ -159,7 +156,7 @@ def model_cost(ns, segment: int, reference_base: int) -> Dict:
     return {"cost": cost, "reference_cost": ref, "relative_cost": cost / ref,
             "layer_pattern": layer_pattern,
             "windows": list(sched.window_range()) if sched is not None else None,
-            "max_window": max_window(sched) if sched is not None else None}
+            "max_window": sched.window_range()[1] if sched is not None else None}
 
 
 def scale_args(args: Dict, factor: int, what: str) -> Dict:
@@ -429,42 +426,6 @@ def run_logged(cmd: List[str], log_path: Path, tag: str, desc: str, total: Optio
     return run_quiet(cmd, log_path, desc, total)
 
 
-_EVAL_TOKENS = re.compile(r"Evaluated ([\d,]+) tokens in ([\d.]+)s \(([\d.]+) tokens/s\)")
-_EVAL_LOSS = re.compile(r"Loss \(base 2\): ([\d.]+), Perplexity: ([\d.]+|inf)")
-_TRAIN_SUMMARY = re.compile(r"\| train \| .*")
-
-
-def parse_eval(text: str) -> Dict:
-    m_tok, m_loss = _EVAL_TOKENS.search(text), _EVAL_LOSS.search(text)
-    if not m_tok or not m_loss:
-        raise ReproError("fairseq-eval-lm printed no 'Evaluated N tokens' / 'Loss (base 2)' line")
-    return {
-        "eval_symbols": int(m_tok.group(1).replace(",", "")),
-        "eval_seconds": float(m_tok.group(2)),
-        "eval_tokens_per_s": float(m_tok.group(3)),
-        "loss_base2": float(m_loss.group(1)),
-        "perplexity": float(m_loss.group(2)),
-    }
-
-
-def parse_train(text: str) -> Dict:
-    """Last epoch summary of fairseq-train (``| train | ... | wps ... | num_updates ...``)."""
-    out = {}
-    summaries = _TRAIN_SUMMARY.findall(text)
-    if summaries:
-        fields = dict(
-            kv.strip().split(" ", 1) for kv in summaries[-1].split("|")[2:] if " " in kv.strip()
-        )
-        for key, name in (("wps", "train_tokens_per_s"), ("num_updates", "updates"),
-                          ("train_wall", "train_wall_s"), ("loss", "train_loss_base2")):
-            if key in fields:
-                try:
-                    out[name] = float(fields[key])
-                except ValueError:
-                    pass
-    if "updates" in out:
-        out["updates"] = int(out["updates"])
-    return out
 
 
 def test_split_stats(data: Path) -> Dict:
@@ -473,13 +434,6 @@ def test_split_stats(data: Path) -> Dict:
         return {}
     info = json.loads(marker.read_text(encoding="utf-8"))
     return {"unit": info.get("unit"), **info.get("splits", {}).get("test", {})}
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def metric_value(dataset: str, metric: str, ev: Dict, split: Dict) -> Dict:
@@ -543,14 +497,17 @@ def execute(run: Run, setup: Dict, opts) -> Dict:
     if rc != 0:
         raise ReproError(f"{tag} fairseq-eval-lm failed (exit {rc}); see {run.run_dir/'eval.log'}")
     eval_wall = time.time() - t1
-    ev = parse_eval(eval_out)
+    try:
+        ev = parse_eval_lm(eval_out)
+    except CommandError as e:
+        raise ReproError(f"{tag} {e}; see {run.run_dir / 'eval.log'}") from None
     split = test_split_stats(run.data)
     metric = setup["datasets"][run.dataset]["metric"]
     value = metric_value(run.dataset, metric, ev, split)
     cost = {r["row"]: r for r in as_dicts(table_rows(run.table))}.get(run.row["row"])
     if cost is None:
         raise ReproError(f"row {run.row['row']!r} is not in fairseq_mswa.cost's Table {run.table}")
-    tr = parse_train(out)
+    tr = parse_train_summary(out)
     valid = [(n, loss) for kind, n, loss in filter(None, map(progress_of, out.splitlines()))
              if kind == "valid"]
     res = {

@@ -119,13 +119,13 @@ def test_plan_evaluates_the_best_checkpoint():
 
 
 def test_memory_is_the_schedules_largest_window(monkeypatch):
-    """Memory = WindowSchedule.max_window over the layers of the row's real shape; a layer with
+    """Memory = the schedule's largest window (``window_range``) at the row's real shape; a layer with
     full attention makes it the segment (no longer an error)."""
     from fairseq_mswa.schedule import build_schedule
 
-    assert reproduce.max_window(build_schedule(12, 8, 128, "mswa")) == 512
-    assert reproduce.max_window(build_schedule(6, 4, 16, "swa")) == 16
-    assert reproduce.max_window(build_schedule(4, 4, 16, "mswa", full_attn_layers=[2])) is None
+    assert build_schedule(12, 8, 128, "mswa").window_range()[1] == 512
+    assert build_schedule(6, 4, 16, "swa").window_range()[1] == 16
+    assert build_schedule(4, 4, 16, "mswa", full_attn_layers=[2]).window_range()[1] is None
     setup = reproduce.load_setup()
     cfg = reproduce.load_table(2)
     row = dict(cfg["rows"][-1], args={"attn-pattern": "mswa", "base-window": 128,
@@ -220,17 +220,18 @@ TRAIN_OUT = """2026-11-23 06:26:07 | INFO | train_inner | epoch 001:      2 / 65
 
 
 def test_parse_fairseq_output():
-    ev = reproduce.parse_eval(EVAL_OUT)
+    """reproduce.py reads fairseq's output with the shared parsers (fairseq_mswa.run_utils)."""
+    ev = reproduce.parse_eval_lm(EVAL_OUT)
     assert ev == {"eval_symbols": 23309, "eval_seconds": 0.9, "eval_tokens_per_s": 25993.96,
                   "loss_base2": 6.9264, "perplexity": 121.64}
-    tr = reproduce.parse_train(TRAIN_OUT)
+    tr = reproduce.parse_train_summary(TRAIN_OUT)
     assert tr["updates"] == 2 and tr["train_tokens_per_s"] == 150.0
-    with pytest.raises(reproduce.ReproError, match="Evaluated N tokens"):
-        reproduce.parse_eval("nothing here")
+    with pytest.raises(reproduce.CommandError, match="Evaluated N tokens"):
+        reproduce.parse_eval_lm("nothing here")
 
 
 def test_bpc_is_bits_per_byte_and_checks_symbol_count():
-    ev = reproduce.parse_eval(EVAL_OUT)
+    ev = reproduce.parse_eval_lm(EVAL_OUT)
     split = {"unit": "byte", "symbols": 23309, "bytes": 23309}
     v = reproduce.metric_value("enwik8", "bpc", ev, split)
     assert v["value"] == pytest.approx(6.9264)
