@@ -45,8 +45,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from reproduce import (ReproError, metric_value, parse_eval, parse_train,  # noqa: E402
-                       test_split_stats, write_json_atomic)
+from reproduce import ReproError, metric_value, test_split_stats  # noqa: E402
+
+from fairseq_mswa.run_utils import (  # noqa: E402
+    CommandError, parse_eval_lm, parse_train_summary, save_figure_atomic, write_json_atomic,
+    write_text_atomic,
+)
 
 USER_DIR = REPO / "fairseq_mswa"
 
@@ -387,7 +391,7 @@ class Steps:
 
 
 def score(text: str, split: Dict) -> Dict:
-    ev = parse_eval(text)
+    ev = parse_eval_lm(text)
     m = metric_value("", "bpc" if split.get("unit") == "byte" else "ppl", ev, split)
     return {"value": m["value"], "metric": m["metric"], "eval_symbols": ev["eval_symbols"],
             "eval_tokens_per_s": ev["eval_tokens_per_s"]}
@@ -480,16 +484,7 @@ def plot(res: Dict, path: Path) -> None:
     fig.suptitle(f"SWAA adaptation of a full-attention model ({res['full']['updates']} updates), "
                  f"{res['corpus']['source']}", fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    save_figure_atomic(fig, path, dpi=110)
 
 
 # --- main ------------------------------------------------------------------------------------
@@ -564,7 +559,7 @@ def main(argv=None) -> int:
             res = run(args, cfg, work, bar)
         finally:
             bar.close()
-    except (ReproError, ValueError) as e:
+    except (ReproError, CommandError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     import torch
@@ -622,7 +617,7 @@ def run(args, cfg: Dict, work: Path, steps: Steps) -> Dict:
         t0 = time.time()
         text = steps.run("train_full", cmd, f"training the full model ({cfg['train_updates']} "
                                             "updates)")
-        trained = parse_train(text)
+        trained = parse_train_summary(text)
         ckpt = full_dir / "checkpoint_last.pt"
         full_info = {"updates": trained.get("updates"), "train_wall_s": round(time.time() - t0, 1),
                      "train_loss_base2": trained.get("train_loss_base2"),
@@ -688,7 +683,7 @@ def run(args, cfg: Dict, work: Path, steps: Steps) -> Dict:
         cmd = finetune_command(ck, cfg, data, ckpt, t["overrides"], save, tb / slug)
         t0 = time.time()
         text = steps.run(f"finetune_{slug}", cmd, f"fine-tuning {t['name']}")
-        tr = parse_train(text)
+        tr = parse_train_summary(text)
         t["finetune"] = {"updates": tr.get("updates"), "wall_s": round(time.time() - t0, 1),
                          "train_loss_base2": tr.get("train_loss_base2"),
                          "train_tokens_per_s": tr.get("train_tokens_per_s"),

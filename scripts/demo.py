@@ -41,6 +41,7 @@ from fairseq_mswa.run_utils import (  # noqa: E402
     parse_train_inner,
     parse_train_summary,
     run_logged,
+    save_figure_atomic,
     write_json_atomic,
 )
 
@@ -225,10 +226,7 @@ def plot(res: Dict, path: Path) -> None:
     fig.suptitle(f"SWA vs MSWA, base window {res['config']['base_window']}, {ups} updates, "
                  f"{res['corpus']['source']}", fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure_atomic(fig, path, dpi=110)
 
 
 def main(argv=None) -> int:

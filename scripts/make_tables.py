@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fairseq_mswa.cost import as_dicts, table_rows  # noqa: E402
+from fairseq_mswa.run_utils import save_figure_atomic, write_text_atomic  # noqa: E402
 
 TABLES = (2, 3, 5, 6)
 DATASETS = ("wikitext-103", "enwik8")
@@ -158,10 +159,7 @@ def plot_table(table: int, dataset: str, paper: Dict, results: Dict[tuple, Dict]
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure_atomic(fig, path, dpi=120)
     return path
 
 
@@ -410,17 +408,8 @@ def plot_scaled(summary: Dict, path: Path) -> Path:
     b.set_title("paper (full scale)", fontsize=9)
     fig.suptitle(f"Table {t}", fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure_atomic(fig, path, dpi=110)
     return path
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def render_scaled(table: int, results_dir: Path, paper_path: Path,
@@ -444,8 +433,8 @@ def render_scaled(table: int, results_dir: Path, paper_path: Path,
     summary["run_info"] = run_info or {}
     summary["extra_runs"] = extra
     base = Path(results_dir) / f"table{table}"
-    _write_atomic(base.with_suffix(".json"), json.dumps(summary, indent=2) + "\n")
-    _write_atomic(base.with_suffix(".md"), scaled_markdown(summary, run_info, extra))
+    write_text_atomic(base.with_suffix(".json"), json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(base.with_suffix(".md"), scaled_markdown(summary, run_info, extra))
     png = plot_scaled(summary, base.with_suffix(".png"))
     return [base.with_suffix(".json"), base.with_suffix(".md"), png]
 
