@@ -42,7 +42,6 @@ import math
 import os
 import re
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -54,7 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fairseq_mswa.run_utils import (  # noqa: E402
-    CommandError, parse_eval_lm, parse_train_summary, write_json_atomic,
+    CommandError, parse_eval_lm, parse_train_summary, run_logged, write_json_atomic,
 )
 
 CONFIGS = REPO / "configs" / "tables"
@@ -345,29 +344,6 @@ def plan_runs(table: int, opts, setup: Dict) -> List[Run]:
 
 # --- running ----------------------------------------------------------------------------------
 
-def stream(cmd: List[str], log_path: Path, prefix: str) -> Tuple[int, str]:
-    """Run ``cmd``, echoing its output (prefixed) and saving it to ``log_path``."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    lines = []
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with open(log_path, "w", encoding="utf-8") as log:
-        log.write("$ " + " ".join(shlex.quote(c) for c in cmd) + "\n")
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, env=env, cwd=REPO)
-        try:
-            for line in proc.stdout:
-                log.write(line)
-                lines.append(line)
-                if "tensorboardX" not in line:
-                    print(f"{prefix} {line}", end="", flush=True)
-            rc = proc.wait()
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-    return rc, "".join(lines)
-
-
 _INNER = re.compile(r"\| train_inner \| .*?loss=([\d.]+).*?num_updates=(\d+)")
 _VALID = re.compile(r"\| valid \| .*?\| loss ([\d.]+) .*?\| num_updates (\d+)")
 
@@ -388,44 +364,31 @@ def run_quiet(cmd: List[str], log_path: Path, desc: str, total: Optional[int]) -
     and validation loss, elapsed, ETA) when ``total`` updates are expected."""
     from tqdm import tqdm
 
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    lines = []
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
     bar = tqdm(total=total, desc=desc, unit="upd", dynamic_ncols=True, leave=True,
                bar_format=None if total else "{desc}: {elapsed}")
     post = {}
-    with open(log_path, "w", encoding="utf-8") as log:
-        log.write("$ " + " ".join(shlex.quote(c) for c in cmd) + "\n")
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, env=env, cwd=REPO)
-        try:
-            for line in proc.stdout:
-                log.write(line)
-                lines.append(line)
-                got = progress_of(line) if total else None
-                if got:
-                    kind, n, loss = got
-                    post[kind] = f"{loss:.3f}"
-                    bar.set_postfix(post, refresh=False)
-                    bar.update(max(0, min(n, total) - bar.n))
-            rc = proc.wait()
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            bar.close()
-            raise
-    bar.close()
-    return rc, "".join(lines)
+
+    def on_line(line: str) -> None:
+        got = progress_of(line) if total else None
+        if got:
+            kind, n, loss = got
+            post[kind] = f"{loss:.3f}"
+            bar.set_postfix(post, refresh=False)
+            bar.update(max(0, min(n, total) - bar.n))
+
+    try:
+        return run_logged(cmd, log_path, on_line=on_line, cwd=REPO)
+    finally:
+        bar.close()
 
 
-def run_logged(cmd: List[str], log_path: Path, tag: str, desc: str, total: Optional[int],
-               verbose: bool) -> Tuple[int, str]:
+def run_command(cmd: List[str], log_path: Path, tag: str, desc: str, total: Optional[int],
+                verbose: bool) -> Tuple[int, str]:
+    """A fairseq CLI with its log in ``log_path``: streamed with ``tag`` (--verbose), else a bar."""
     if verbose:
         print(f"{tag} $ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
-        return stream(cmd, log_path, tag)
+        return run_logged(cmd, log_path, echo=tag, cwd=REPO)
     return run_quiet(cmd, log_path, desc, total)
-
-
 
 
 def test_split_stats(data: Path) -> Dict:
@@ -482,8 +445,8 @@ def execute(run: Run, setup: Dict, opts) -> Dict:
     verbose = bool(getattr(opts, "verbose", False))
     load0 = os.getloadavg()
     t0 = time.time()
-    rc, out = run_logged(run.train_cmd, run.run_dir / "train.log", tag,
-                         f"{run.row['id']} train", int(run.meta["max_update"]), verbose)
+    rc, out = run_command(run.train_cmd, run.run_dir / "train.log", tag,
+                          f"{run.row['id']} train", int(run.meta["max_update"]), verbose)
     if rc != 0:
         raise ReproError(f"{tag} fairseq-train failed (exit {rc}); see {run.run_dir/'train.log'}")
     train_s = time.time() - t0
@@ -492,8 +455,8 @@ def execute(run: Run, setup: Dict, opts) -> Dict:
         raise ReproError(f"{tag} no {ckpt} after training (validation must stay on: it picks "
                          f"the best checkpoint); see {run.run_dir/'train.log'}")
     t1 = time.time()
-    rc, eval_out = run_logged(run.eval_cmd, run.run_dir / "eval.log", tag,
-                              f"{run.row['id']} eval", None, verbose)
+    rc, eval_out = run_command(run.eval_cmd, run.run_dir / "eval.log", tag,
+                               f"{run.row['id']} eval", None, verbose)
     if rc != 0:
         raise ReproError(f"{tag} fairseq-eval-lm failed (exit {rc}); see {run.run_dir/'eval.log'}")
     eval_wall = time.time() - t1
