@@ -52,20 +52,19 @@ def test_cache_distance_scores_match_dense_reference():
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
 
 
-def test_segments_give_distances_and_visibility():
+def test_pieces_give_distances_and_visibility():
     q, k, v = _qkv(n=12)
     cache = WindowKVCache(WINDOWS, sink_tokens=1)
     cache.update(k[:, :, :10], v[:, :, :10])
     qpos = torch.tensor([10])
-    segs = cache.segments(0, qpos)  # window 4: the sink, then the ring of 4 slots
-    sink, ring = segs
-    assert sink.positions.tolist() == [0] and sink.visible.tolist() == [[True]]
-    assert sorted(ring.positions.tolist()) == [6, 7, 8, 9]
-    assert (ring.dist == 10 - ring.positions).all()
-    assert ring.visible[0, ring.positions == 6].item() is False  # distance 4 = w: out
-    torch.testing.assert_close(ring.k[:, 0, ring.positions.argsort()], k[:, 0, 6:10])
-    full = cache.segments(2, qpos)[0]  # group 2 = the full head: everything, in order
-    assert full.positions.tolist() == list(range(10)) and full.visible.all()
+    sink, ring = cache.pieces(0, qpos)  # window 4: the sink, then the ring of 4 slots
+    sink_pos, ring_pos = 10 - sink.dist[0], 10 - ring.dist[0]
+    assert sink_pos.tolist() == [0] and sink.visible.tolist() == [[True]]
+    assert sorted(ring_pos.tolist()) == [6, 7, 8, 9]
+    assert ring.visible[0, ring_pos == 6].item() is False  # distance 4 = w: out
+    torch.testing.assert_close(ring.k[:, 0, ring_pos.argsort()], k[:, 0, 6:10])
+    full = cache.pieces(2, qpos)[0]  # group 2 = the full head: everything, in order
+    assert (10 - full.dist[0]).tolist() == list(range(10)) and full.visible.all()
 
 
 def test_bytes_are_the_sum_of_the_windows():

@@ -15,9 +15,10 @@ from fairseq_mswa.modules.relative_positions import sinusoid_table
 from fairseq_mswa.modules.xl_attention import RelMultiheadWindowAttention
 
 
-def make_layer(windows, embed=32, seed=0, backend="dense"):
+def make_layer(windows, embed=32, seed=0, backend="dense", strategy="auto"):
     torch.manual_seed(seed)
-    layer = RelMultiheadWindowAttention(embed, len(windows), windows, backend=backend).double()
+    layer = RelMultiheadWindowAttention(embed, len(windows), windows, backend=backend,
+                                        strategy=strategy).double()
     with torch.no_grad():
         layer.u_bias.normal_()
         layer.v_bias.normal_()
@@ -50,10 +51,11 @@ WINDOWS = [(2, 2, 4, 4, 8, 8, 16, 16),   # an MSWA layer: 4 consecutive groups
            (3, None, 3, 9)]              # a full head among windows
 
 
+@pytest.mark.parametrize("strategy", ["grouped", "merged"])
 @pytest.mark.parametrize("backend", ["dense", "blocked"])
 @pytest.mark.parametrize("windows", WINDOWS)
-def test_per_group_equals_layerwide(windows, backend):
-    layer = make_layer(windows, backend=backend)
+def test_per_group_equals_layerwide(windows, backend, strategy):
+    layer = make_layer(windows, backend=backend, strategy=strategy)
     x = torch.randn(2, 21, 32, dtype=torch.float64, requires_grad=True)
     memory = torch.randn(2, 15, 32, dtype=torch.float64)
     got, ref = layer(x, memory), layerwide(layer, x, memory)
@@ -66,13 +68,14 @@ def test_per_group_equals_layerwide(windows, backend):
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-10), (a - b).abs().max()
 
 
+@pytest.mark.parametrize("strategy", ["grouped", "merged"])
 @pytest.mark.parametrize("backend", ["dense", "blocked"])
-def test_sinks_and_memory_slices_equal_one_contiguous_stream(backend):
+def test_sinks_and_memory_slices_equal_one_contiguous_stream(backend, strategy):
     """Memory = the last states only, sinks = the first states: the same as handing the layer
     the whole stream before the segment (sinks then sit inside the memory)."""
     windows = (2, 3, 5, 9)
     k = 3
-    layer = make_layer(windows, backend=backend)
+    layer = make_layer(windows, backend=backend, strategy=strategy)
     past = torch.randn(2, 30, 32, dtype=torch.float64)
     x = torch.randn(2, 13, 32, dtype=torch.float64)
     whole = layer(x, past, 0, past[:, :k], k)
@@ -110,9 +113,11 @@ def naive_with_sinks(layer, x, past, k):
     return layer.out_proj(out.reshape(b, length, e))
 
 
+@pytest.mark.parametrize("windows", [(2, 4, 4, 6), (4, 2, 2, 5)])
+@pytest.mark.parametrize("strategy", ["grouped", "merged"])
 @pytest.mark.parametrize("backend", ["dense", "blocked"])
-def test_sinks_get_their_heads_farthest_distance(backend):
-    layer = make_layer((2, 4, 4, 6), backend=backend)
+def test_sinks_get_their_heads_farthest_distance(backend, strategy, windows):
+    layer = make_layer(windows, backend=backend, strategy=strategy)
     past = torch.randn(1, 12, 32, dtype=torch.float64)
     x = torch.randn(1, 9, 32, dtype=torch.float64)
     expected = naive_with_sinks(layer, x, past, 2)
@@ -132,11 +137,14 @@ def test_work_per_group_follows_its_window(monkeypatch):
 
     monkeypatch.setattr(xl_mod, "window_attention", spy)
     windows = (4, 4, 8, 8, 16, 16, 32, 32)
-    layer = make_layer(windows, embed=64)
+    layer = make_layer(windows, embed=64, strategy="grouped")
     x = torch.randn(1, 40, 64, dtype=torch.float64)
     layer(x, torch.randn(1, 31, 64, dtype=torch.float64))
     assert calls == [((w, w), w - 1 + 40, w) for w in (4, 8, 16, 32)]
     assert sum(len(c[0]) * c[2] for c in calls) == sum(windows)
+    calls.clear()
+    make_layer(windows, embed=64, strategy="merged")(x, torch.randn(1, 31, 64, dtype=torch.float64))
+    assert calls == [(windows, 31 + 40, 32)]  # one pass: the largest window's layout
 
 
 @pytest.mark.parametrize("sinks", [0, 2])

@@ -6,8 +6,9 @@ prefix, per-head windows, sink tokens, distance scores); read its module docstri
 How it works, for one group of heads that share a window ``w`` (all heads with the same window
 are computed together):
 
-* heads are reordered once (only if the groups are not consecutive) and ``split`` per group, so
-  the backward joins the per-group gradients in one concatenation;
+* heads are cut into window groups by :class:`~fairseq_mswa.kernels.common.HeadGroups` (one
+  reordering gather only when groups are not consecutive heads, then ``split``), so the backward
+  joins the per-group gradients in one concatenation;
 * the ``Lq`` queries are cut into ``nb`` blocks of ``bq`` queries (the last one zero-padded,
   ``bq`` from :func:`default_block_size`);
 * block ``b`` (queries at key positions ``[p0, p0 + bq)``) can reach the ``span = bq + w - 1``
@@ -31,7 +32,7 @@ matmul path): the same distribution as dropping the dense probabilities.
 """
 
 from functools import lru_cache
-from typing import List, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -176,17 +177,6 @@ def _full_group(q, k, v, sinks, pos_scores, dropout_p, scale):
     return _dense_group(q, k, v, None, sinks, pos_scores, dropout_p, scale)
 
 
-def _split_heads(x: Optional[torch.Tensor], order: List[int], sizes: List[int]):
-    """x (B, H, ...) -> one tensor per head group, heads in ``order``. ``split`` (after one
-    gather when the groups are not consecutive heads) keeps the backward to one concatenation,
-    where per-group slicing would write a full-size zero gradient per group."""
-    if x is None:
-        return [None] * len(sizes)
-    if order != list(range(x.shape[1])):
-        x = x.index_select(1, torch.tensor(order, device=x.device))
-    return x.split(sizes, dim=1)
-
-
 def blocked_window_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -213,9 +203,8 @@ def blocked_window_attention_unchecked(q, k, v, windows: Windows, sink_tokens=0,
     lk = k.shape[2]
     scale = d ** -0.5 if scale is None else scale
     groups = group_heads(windows, lk)
-    order = [i for _, heads in groups for i in heads]
-    sizes = [len(heads) for _, heads in groups]
-    parts = zip(*(_split_heads(x, order, sizes) for x in (q, k, v, pos_scores)))
+    parts = zip(*(groups.split(x, 1) if x is not None else [None] * len(groups)
+                  for x in (q, k, v, pos_scores)))
     outs = []
     for (w, heads), (qg, kg, vg, pg) in zip(groups, parts):
         n = b * len(heads)
@@ -229,12 +218,7 @@ def blocked_window_attention_unchecked(q, k, v, windows: Windows, sink_tokens=0,
         else:
             og = _windowed_group(qg, kg, vg, w, sink_tokens, pg, dropout_p, scale, bq)
         outs.append(og.view(b, len(heads), lq, d))
-    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
-    if order != list(range(h)):
-        inverse = torch.empty(h, dtype=torch.long)
-        inverse[torch.tensor(order)] = torch.arange(h)
-        out = out.index_select(1, inverse.to(out.device))
-    return out
+    return groups.merge(outs, 1)
 
 
 def _dense_group(q, k, v, w, sinks, pos_scores, dropout_p, scale):

@@ -6,9 +6,13 @@ are a memory prefix); ``windows`` one entry per head (int >= 1, or None = full c
 attention); ``pos_scores`` (B, H, Lq, R) or None. Semantics: :mod:`fairseq_mswa.kernels.dense`.
 """
 
+from functools import lru_cache
 from typing import Dict, List, Optional, Sequence, Tuple
 
-Windows = Sequence[Optional[int]]  # one per head; None = full causal attention
+import torch
+
+Window = Optional[int]  # one head's window; None = full causal attention
+Windows = Sequence[Window]  # one per head
 
 # ``window_attention(backend=...)`` and the ``--attn-backend`` flag; ``auto`` picks one of the rest
 BACKENDS = ("auto", "dense", "blocked", "flex", "flash")
@@ -49,14 +53,93 @@ def effective_window(window: Optional[int], lk: int) -> Optional[int]:
 
 
 def window_groups(windows: Windows) -> List[Tuple[Optional[int], List[int]]]:
-    """Heads grouped by window, in order of first appearance: [(w, [heads])] (None = full).
-    The one grouping every kernel, layer and cache uses."""
+    """Heads grouped by window, in order of first appearance: [(w, [heads])] (None = full)."""
     groups: Dict[Optional[int], List[int]] = {}
     for h, w in enumerate(windows):
         groups.setdefault(w, []).append(h)
     return list(groups.items())
 
 
-def group_heads(windows: Windows, lk: int) -> List[Tuple[Optional[int], List[int]]]:
-    """Heads grouped by *effective* window for ``lk`` keys (a window reaching every key is full)."""
-    return window_groups([effective_window(w, lk) for w in windows])
+def group_heads(windows: Windows, lk: int) -> "HeadGroups":
+    """Heads grouped by *effective* window for ``lk`` keys (a window reaching every key is full);
+    one shared :class:`HeadGroups` per distinct grouping (its index tensors are built once)."""
+    return _head_groups(tuple(effective_window(w, lk) for w in windows))
+
+
+@lru_cache(maxsize=256)
+def _head_groups(windows: Tuple[Window, ...]) -> "HeadGroups":
+    return HeadGroups(windows)
+
+
+class HeadGroups:
+    """The one grouping of heads by window that every kernel, layer and cache uses.
+
+    ``groups`` = [(w, [heads])] in order of first appearance (:func:`window_groups`); "group
+    order" lists the heads group after group. A tensor with heads along ``dim`` (``unit`` rows per
+    head, e.g. ``head_dim`` rows of a projection weight) is cut into one piece per group by
+    :meth:`split` and put back into head order by :meth:`merge`. When every group is a run of
+    consecutive heads (SWA, the MSWA schedules) both are views / one concatenation; otherwise one
+    ``index_select`` reorders first (its backward is one scatter, not a zero gradient per group).
+
+    Example: windows [4, 1, 4, 7] -> groups [(4, [0, 2]), (1, [1]), (7, [3])], order [0, 2, 1, 3].
+    """
+
+    def __init__(self, windows: Windows):
+        self.windows = tuple(windows)
+        self.groups = window_groups(self.windows)
+        self.order = [h for _, heads in self.groups for h in heads]
+        self.sizes = [len(heads) for _, heads in self.groups]
+        self.in_order = self.order == list(range(len(self.order)))
+        self._index_cache: Dict[Tuple[str, int, int, object], torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __iter__(self):
+        return iter(self.groups)
+
+    @property
+    def num_heads(self) -> int:
+        return len(self.windows)
+
+    def rows(self, heads: Sequence[int], unit: int = 1):
+        """Rows ``h * unit + [0, unit)`` of ``heads``: a slice when the heads are consecutive
+        (a view), else a list of rows (an index)."""
+        heads = list(heads)
+        if heads == list(range(heads[0], heads[0] + len(heads))):
+            return slice(heads[0] * unit, (heads[-1] + 1) * unit)
+        return [h * unit + i for h in heads for i in range(unit)]
+
+    def _index(self, kind: str, unit: int, device) -> torch.Tensor:
+        key = (kind, unit, torch.device(device) if device is not None else None)
+        idx = self._index_cache.get(key)
+        if idx is None:
+            heads = self.order if kind == "order" else self.inverse
+            idx = torch.tensor([h * unit + i for h in heads for i in range(unit)], device=device)
+            self._index_cache[key] = idx
+        return idx
+
+    @property
+    def inverse(self) -> List[int]:
+        """``inverse[h]`` = position of head h in group order."""
+        return sorted(range(len(self.order)), key=self.order.__getitem__)
+
+    def to_group_order(self, x: torch.Tensor, dim: int, unit: int = 1) -> torch.Tensor:
+        """Heads along ``dim`` (``unit`` entries each) put into group order (x itself if it is)."""
+        if self.in_order:
+            return x
+        return x.index_select(dim, self._index("order", unit, x.device))
+
+    def split(self, x: torch.Tensor, dim: int, unit: int = 1) -> Tuple[torch.Tensor, ...]:
+        """x with heads along ``dim`` -> one piece per group (group order)."""
+        return self.to_group_order(x, dim, unit).split([n * unit for n in self.sizes], dim=dim)
+
+    def merge(self, parts: Sequence[torch.Tensor], dim: int, unit: int = 1) -> torch.Tensor:
+        """Pieces per group (as :meth:`split` gives) -> one tensor in head order."""
+        out = parts[0] if len(parts) == 1 else torch.cat(list(parts), dim=dim)
+        if self.in_order:
+            return out
+        return out.index_select(dim, self._index("inverse", unit, out.device))
+
+    def __repr__(self) -> str:
+        return "HeadGroups(" + ", ".join(f"w={w}:{heads}" for w, heads in self.groups) + ")"

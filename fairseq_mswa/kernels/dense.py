@@ -48,6 +48,17 @@ def distance_scores(pos_scores: torch.Tensor, lk: int) -> torch.Tensor:
     return pos_scores.gather(-1, idx)
 
 
+def softmax_precision(dtype: torch.dtype) -> torch.dtype:
+    """The precision rule of every kernel that materialises scores: half precision (fp16/bf16)
+    takes its softmax in float32; float32 / float64 keep their own precision."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def softmax_probs(scores: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """softmax over the last dim in :func:`softmax_precision`, returned in ``dtype``."""
+    return torch.softmax(scores.to(softmax_precision(scores.dtype)), dim=-1).to(dtype)
+
+
 def dense_window_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -74,9 +85,7 @@ def dense_window_attention_unchecked(q, k, v, windows: Windows, sink_tokens=0, p
         scores = scores + distance_scores(pos_scores, lk)
     mask = visibility_mask(lq, lk, windows, sink_tokens, q.device)
     scores = scores.masked_fill(~mask, float("-inf"))
-    # half precision: softmax in float32; float32 / float64 keep their own precision
-    acc = torch.float32 if scores.dtype in (torch.float16, torch.bfloat16) else scores.dtype
-    probs = torch.softmax(scores.to(acc), dim=-1).to(q.dtype)
+    probs = softmax_probs(scores, q.dtype)
     if dropout_p > 0:
         probs = F.dropout(probs, p=dropout_p, training=True)
     return torch.matmul(probs, v)

@@ -66,19 +66,18 @@ def flash_window_attention_unchecked(q, k, v, windows: Windows, sink_tokens=0, p
     """``flash_window_attention`` without the checks (``window_attention`` ran them, and
     ``unsupported_reason``)."""
     flash_attn_func = _import_flash()
-    out = torch.empty_like(q)
-    for w, heads in group_heads(windows, k.shape[2]):
-        idx = torch.tensor(heads, device=q.device)
+    groups = group_heads(windows, k.shape[2])
+    outs = []
+    for (w, _), qg, kg, vg in zip(groups, groups.split(q, 1), groups.split(k, 1), groups.split(v, 1)):
         # flash-attn layout is (B, L, H, D)
-        qg, kg, vg = (x.index_select(1, idx).transpose(1, 2) for x in (q, k, v))
         o = flash_attn_func(
-            qg,
-            kg,
-            vg,
+            qg.transpose(1, 2),
+            kg.transpose(1, 2),
+            vg.transpose(1, 2),
             dropout_p=dropout_p,
             softmax_scale=scale,
             causal=True,
             window_size=(-1, -1) if w is None else (w - 1, 0),
         )
-        out = out.index_copy(1, idx, o.transpose(1, 2))
-    return out
+        outs.append(o.transpose(1, 2))
+    return groups.merge(outs, 1)

@@ -20,31 +20,13 @@ earlier key; such a cache evicts nothing (``keep_all``), so generated tokens can
 context while the prompt (positions ``< P``) keeps its windows.
 """
 
-from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from ..kernels.common import window_groups  # noqa: F401  (re-exported: the grouping caches use)
-
-Window = Optional[int]  # None = full attention
-
-
-@dataclass
-class Segment:
-    """Keys/values of one group as a query chunk sees them.
-
-    k, v: (B, G, n, D); positions: (n,) absolute positions (-1 = empty slot);
-    dist: (Lq, n) query position - key position; visible: (Lq, n) bool mask.
-    """
-
-    k: Tensor
-    v: Tensor
-    positions: Tensor
-    dist: Tensor
-    visible: Tensor
+from ..kernels.common import HeadGroups, Window, window_groups  # noqa: F401  (window_groups re-exported)
+from ..kernels.decode import KeyPiece, attend_pieces
 
 
 class _Group:
@@ -157,18 +139,8 @@ class WindowKVCache:
         self.keep_all = bool(keep_all)
         self.length = 0
         self.full_attention_from: Optional[int] = None
-        self.groups = [_Group(w, heads, self.sink_tokens, self.keep_all)
-                       for w, heads in window_groups(windows)]
-        # heads in group order -> original head order
-        order = [h for g in self.groups for h in g.heads]
-        self._unpermute = sorted(range(len(order)), key=order.__getitem__)
-        self._identity = order == list(range(len(order)))
-        # contiguous heads -> a slice (a view), else an index list (a copy)
-        self._selectors = [
-            slice(g.heads[0], g.heads[-1] + 1) if g.heads == list(range(g.heads[0], g.heads[-1] + 1))
-            else g.heads
-            for g in self.groups
-        ]
+        self.heads = HeadGroups(windows)
+        self.groups = [_Group(w, heads, self.sink_tokens, self.keep_all) for w, heads in self.heads]
 
     # --- the shared cache interface -------------------------------------------------------------
 
@@ -196,15 +168,11 @@ class WindowKVCache:
 
     # --- writing and reading --------------------------------------------------------------------
 
-    def _split(self, x: Tensor) -> List[Tensor]:
+    def _split(self, x: Tensor) -> Tuple[Tensor, ...]:
         """(B, H, L, D) -> per group (B, G, L, D)."""
         if x.shape[1] != self.num_heads:
             raise ValueError(f"expected {self.num_heads} heads, got tensor {tuple(x.shape)}")
-        return [x[:, sel] for sel in self._selectors]
-
-    def _merge(self, outs: List[Tensor]) -> Tensor:
-        out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
-        return out if self._identity else out[:, self._unpermute]
+        return self.heads.split(x, 1)
 
     def update(self, k: Tensor, v: Tensor) -> None:
         """Append keys/values (B, H, L, D) of the next L tokens without attending (prefill)."""
@@ -217,11 +185,11 @@ class WindowKVCache:
             g.write(kg, vg, self.length)
         self.length += k.shape[2]
 
-    def segments(self, group: int, query_positions: Tensor, new: Optional[Tuple[Tensor, Tensor]] = None
-                 ) -> List[Segment]:
+    def pieces(self, group: int, query_positions: Tensor, new: Optional[Tuple[Tensor, Tensor]] = None
+               ) -> List[KeyPiece]:
         """What group ``group``'s queries at ``query_positions`` (Lq,) see: the sinks, the cached
         keys and optionally ``new`` = (k, v) (B, G, L, D) at positions length .. length + L - 1,
-        each as a :class:`Segment` with distances and visibility."""
+        each as a :class:`~fairseq_mswa.kernels.decode.KeyPiece` with distances and visibility."""
         g = self.groups[group]
         parts = []  # (k, v, positions, kind)
         if g.sink_k is not None:
@@ -247,29 +215,30 @@ class WindowKVCache:
                     if self.full_attention_from is not None:
                         vis = vis | (qp >= self.full_attention_from)
                 visible = visible & vis
-            out.append(Segment(k, v, pos, dist, visible))
+            out.append(KeyPiece(k, v, dist, visible))
         return out
 
-    def _decode_keys(self, group: int, position: int) -> Optional[List[Tuple[Tensor, Tensor, Tensor]]]:
-        """Decode-step fast path (after the token at ``position`` was written): the (k, v,
-        positions) pieces the query sees *entirely*, so no mask is needed; None when a mask is
-        (a ring still filling, a windowed growing buffer)."""
+    def _decode_pieces(self, group: int, position: int) -> Optional[List[KeyPiece]]:
+        """Decode-step fast path (after the token at ``position`` was written): the pieces the
+        query sees *entirely* (no mask); None when a mask is needed (a ring still filling, a
+        windowed growing buffer)."""
         g = self.groups[group]
         if g.grows:
-            if g.window is None or (self.full_attention_from is not None
-                                    and position >= self.full_attention_from):
-                return [(g.k, g.v, g.pos)]  # every cached key: positions 0 .. position
+            if not (g.window is None or (self.full_attention_from is not None
+                                         and position >= self.full_attention_from)):
+                return None
+            stored = [(g.k, g.v, g.pos)]  # every cached key: positions 0 .. position
+        elif position + 1 < g.window:
             return None
-        if position + 1 < g.window:
-            return None
-        # the ring holds exactly positions position - w + 1 .. position: all visible; the sinks
-        # outside the window (j <= position - w) come from the sink store
-        pieces = [(g.k, g.v, g.pos)]
-        outside = min(g.sinks, position - g.window + 1)
-        if outside > 0:
-            pieces.insert(0, (g.sink_k[:, :, :outside], g.sink_v[:, :, :outside],
-                              g.sink_pos[:outside]))
-        return pieces
+        else:
+            # the ring holds exactly positions position - w + 1 .. position: all visible; the
+            # sinks outside the window (j <= position - w) come from the sink store
+            stored = [(g.k, g.v, g.pos)]
+            outside = min(g.sinks, position - g.window + 1)
+            if outside > 0:
+                stored.insert(0, (g.sink_k[:, :, :outside], g.sink_v[:, :, :outside],
+                                  g.sink_pos[:outside]))
+        return [KeyPiece(k, v, (position - pos)[None, :]) for k, v, pos in stored]
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, *, pos_scores: Optional[Tensor] = None,
                scale: Optional[float] = None) -> Tensor:
@@ -293,7 +262,7 @@ class WindowKVCache:
         ps = None if pos_scores is None else self._split(pos_scores)
         outs = self.attend_groups(self._split(q), self._split(k), self._split(v), pos_scores=ps,
                                   scale=scale)
-        return self._merge(outs)
+        return self.heads.merge(outs, 1)
 
     def attend_groups(self, qs: Sequence[Tensor], ks: Sequence[Tensor], vs: Sequence[Tensor], *,
                       pos_scores: Optional[Sequence[Optional[Tensor]]] = None,
@@ -332,15 +301,10 @@ class WindowKVCache:
                 g.write(kg, vg, start)
         outs = []
         for gi, (qg, kg, vg, pg) in enumerate(zip(qs, ks, vs, ps)):
-            pieces = self._decode_keys(gi, start) if write_first else None
-            if pieces is not None:
-                outs.append(_attend_unmasked(qg, pieces, scale, pg, start))
-                continue
-            if write_first:
-                segs = self.segments(gi, qpos)
-            else:
-                segs = self.segments(gi, qpos, new=(kg, vg))
-            outs.append(_attend_segments(qg, segs, pg, scale))
+            pieces = self._decode_pieces(gi, start) if write_first else None
+            if pieces is None:
+                pieces = self.pieces(gi, qpos, new=None if write_first else (kg, vg))
+            outs.append(attend_pieces(qg, pieces, scale, pg))
         if not write_first:
             for g, kg, vg in zip(self.groups, ks, vs):
                 g.write(kg, vg, start)
@@ -351,55 +315,6 @@ class WindowKVCache:
         groups = ", ".join(f"w={g.window}:{len(g.heads)}h" for g in self.groups)
         return (f"WindowKVCache(length={self.length}, groups=[{groups}], sinks={self.sink_tokens}, "
                 f"keep_all={self.keep_all}, nbytes={self.nbytes()})")
-
-
-def _attend_segments(q: Tensor, segs: List[Segment], pos_scores: Optional[Tensor], scale: float) -> Tensor:
-    """Softmax attention of q (B, G, Lq, D) over the concatenated segments (scores concatenated,
-    keys not copied)."""
-    acc = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
-    scores = []
-    for s in segs:
-        sc = torch.matmul(q, s.k.transpose(-1, -2)).to(acc) * scale
-        if pos_scores is not None:
-            r = pos_scores.shape[-1]
-            idx = s.dist.clamp(0, r - 1).expand(q.shape[0], q.shape[1], -1, -1)
-            sc = sc + pos_scores.gather(-1, idx).to(acc)
-        scores.append(sc.masked_fill(~s.visible, float("-inf")))
-    probs = torch.softmax(torch.cat(scores, dim=-1) if len(scores) > 1 else scores[0], dim=-1)
-    probs = probs.to(q.dtype)
-    out = None
-    offset = 0
-    for s in segs:
-        n = s.k.shape[2]
-        o = torch.matmul(probs[..., offset:offset + n], s.v)
-        out = o if out is None else out + o
-        offset += n
-    return out
-
-
-def _attend_unmasked(q: Tensor, pieces: List[Tuple[Tensor, Tensor, Tensor]], scale: float,
-                     pos_scores: Optional[Tensor] = None, position: int = 0) -> Tensor:
-    """Softmax attention of q (B, G, 1, D) at ``position`` over every key of the (k, v,
-    positions) pieces (no mask); ``pos_scores`` (B, G, 1, R) added by clamped distance."""
-    acc = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
-    biases = [None] * len(pieces)
-    if pos_scores is not None:
-        r = pos_scores.shape[-1]
-        biases = [pos_scores.index_select(-1, (position - pos).clamp_(0, r - 1)) for _, _, pos in pieces]
-    if len(pieces) == 1:  # one fused kernel (half precision: softmax in float32 inside SDPA)
-        k, v, _ = pieces[0]
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=biases[0], scale=scale)
-    scores = []
-    for (k, _, _), bias in zip(pieces, biases):
-        sc = torch.matmul(q * scale, k.transpose(-1, -2))
-        scores.append(sc if bias is None else sc + bias)
-    probs = torch.softmax(torch.cat(scores, -1).to(acc), dim=-1).to(q.dtype)
-    out, offset = None, 0
-    for k, v, _ in pieces:
-        o = torch.matmul(probs[..., offset:offset + k.shape[2]], v)
-        out = o if out is None else out + o
-        offset += k.shape[2]
-    return out
 
 
 class RecurrentStateCache:

@@ -29,62 +29,61 @@ beyond the window, clamped to ``w - 1``), a full head one per key. The projected
 grown by doubling) and shares them across the batch.
 """
 
+from functools import lru_cache
 from typing import List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kernels.common import HeadGroups, Window
 from ..kernels.window_attention import window_attention
-from ..kernels.common import window_groups
 from .kv_cache import WindowKVCache
 from .relative_positions import RelativeSinusoid
 
-Window = Optional[int]
+# How a layer lays out its window groups (``strategy``):
+#   grouped  every window group on its own (its memory slice, position table, kernel call): the
+#            work of each head follows its window; a fixed cost per group.
+#   merged   all heads in one pass over the layer's largest window (one memory projection, one
+#            position table, one kernel call with per-head masks): the fixed cost of one group,
+#            the arithmetic of the largest window for every head.
+#   auto     the cheaper of the two by :func:`fairseq_mswa.kernels.plan.prefer_merged`.
+STRATEGIES = ("auto", "grouped", "merged")
 
 
-def _selector(heads: Sequence[int], size: int = 1, offset: int = 0):
-    """Rows ``offset + h * size + [0, size)`` for ``heads``: a slice when the heads are
-    consecutive (a view, no copy), else an index tensor."""
-    if list(heads) == list(range(heads[0], heads[0] + len(heads))):
-        return slice(offset + heads[0] * size, offset + (heads[-1] + 1) * size)
-    return torch.tensor([offset + h * size + i for h in heads for i in range(size)])
+@lru_cache(maxsize=64)
+def _clamped_distances(windows, num_dist: int, device) -> torch.Tensor:
+    """(num_dist, H) long: distance t of head h read as min(t, w_h - 1) (t for a full head)."""
+    return torch.tensor([[t if w is None else min(t, w - 1) for w in windows]
+                         for t in range(num_dist)], device=device)
 
 
 class RelMultiheadWindowAttention(nn.Module):
     """(B, L, E) segment + (B, M, E) memory (+ sink states) -> (B, L, E)."""
 
     def __init__(self, embed_dim: int, num_heads: int, windows: Sequence[Window],
-                 attention_dropout: float = 0.0, backend: str = "auto"):
+                 attention_dropout: float = 0.0, backend: str = "auto", strategy: str = "auto"):
         super().__init__()
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} is not divisible by {num_heads} heads")
         if len(windows) != num_heads:
             raise ValueError(f"got {len(windows)} windows for {num_heads} heads: give one per head")
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown attention strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
         self.embed_dim, self.num_heads = embed_dim, num_heads
         self.head_dim = embed_dim // num_heads
         self.windows = tuple(windows)
         self.attention_dropout = attention_dropout
         self.backend = backend
+        self.strategy = strategy
         self.qkv_proj = nn.Linear(embed_dim, 3 * embed_dim, bias=False)
         self.r_proj = nn.Linear(embed_dim, embed_dim, bias=False)
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=False)
         self.u_bias = nn.Parameter(torch.zeros(num_heads, self.head_dim))
         self.v_bias = nn.Parameter(torch.zeros(num_heads, self.head_dim))
         self.positions = RelativeSinusoid(embed_dim)
-        self.groups = window_groups(self.windows)
-        self._order = [h for _, heads in self.groups for h in heads]  # heads in group order
-        self._in_order = self._order == list(range(num_heads))
-        self._sizes = [len(heads) for _, heads in self.groups]
-
-    def _by_group(self, t: torch.Tensor, dim: int, unit: int = 1):
-        """Split ``t`` (heads along ``dim``, ``unit`` entries per head) into one piece per window
-        group. One ``split`` (after one reordering gather when groups are not consecutive heads):
-        its backward is one concatenation, where per-group slicing would add a full-size zero
-        gradient per group."""
-        if not self._in_order:
-            t = t.index_select(dim, _selector(self._order, unit).to(t.device))
-        return t.split([n * unit for n in self._sizes], dim=dim)
+        self.heads = HeadGroups(self.windows)
+        self.groups = self.heads.groups
 
     def memory_needed(self, window: Window, memory_len: int) -> int:
         """How many of the last memory states a head group with ``window`` reads."""
@@ -102,42 +101,70 @@ class RelMultiheadWindowAttention(nn.Module):
         sinks_in_keys = min(num_sinks, seen + length)  # keys at stream positions < num_sinks
         scale = d ** -0.5
         weight = self.qkv_proj.weight
-        # the segment's queries, keys and values for every head in one matmul; memory (and sink)
-        # states are projected per group, only as many as the group's window reaches
+        # the segment's queries, keys and values for every head in one matmul; the two query
+        # biases (content u, position v; the position one pre-scaled) added once for every head
         q, k_seg, v_seg = F.linear(x, weight).view(b, length, 3, self.num_heads, d).unbind(2)
-        w_k, w_v = self._by_group(weight[e:2 * e], 0, d), self._by_group(weight[2 * e:], 0, d)
-        w_r = self._by_group(self.r_proj.weight, 0, d)
-        per_group = zip(self.groups, self._by_group(q, 2), self._by_group(k_seg, 2),
-                        self._by_group(v_seg, 2), w_k, w_v, w_r,
-                        self._by_group(self.u_bias, 0), self._by_group(self.v_bias, 0))
-        dropout_p = self.attention_dropout if self.training else 0.0
-        outs = []
-        for (w, heads), qg, k, v, wk, wv, wr, u, vb in per_group:
-            g = len(heads)
-            qg, k, v = (t.transpose(1, 2) for t in (qg, k, v))  # (B, G, L, D)
-            m = self.memory_needed(w, m_len)
-            start = seen - m  # stream position of the first memory state this group reads
-            n_prefix = 0 if sinks is None else max(0, min(sinks.shape[1], start))
-            if n_prefix or m:
-                parts = ([sinks[:, :n_prefix]] if n_prefix else []) + ([memory[:, m_len - m:]] if m else [])
-                past = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-                kv_past = F.linear(past, torch.cat([wk, wv]))
-                k_past, v_past = kv_past.view(b, -1, 2, g, d).permute(2, 0, 3, 1, 4)
-                k, v = torch.cat([k_past, k], dim=2), torch.cat([v_past, v], dim=2)
-            lk = k.shape[2]
-            num_dist = lk if w is None else min(w, lk)
-            r = F.linear(self.positions(num_dist, x.dtype), wr).view(num_dist, g, d).permute(1, 2, 0)
-            pos_scores = torch.matmul((qg + vb[:, None]) * scale, r)  # (B, G, L, R)
-            outs.append(window_attention(
-                qg + u[:, None], k, v, [w] * g, sink_tokens=sinks_in_keys,
-                pos_scores=pos_scores, dropout_p=dropout_p, scale=scale, backend=self.backend,
-            ))
-        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)  # heads in group order
+        q_u, q_v = q + self.u_bias, (q + self.v_bias) * scale  # (B, L, H, D)
+        if self._merged(b, length, m_len):
+            out = self._attend(list(self.windows), q_u, q_v, k_seg, v_seg,
+                               weight[e:2 * e], weight[2 * e:], self.r_proj.weight,
+                               memory, sinks, seen, sinks_in_keys)
+            return F.linear(out.transpose(1, 2).reshape(b, length, e), self.out_proj.weight)
+        split = self.heads.split
+        per_group = zip(self.groups, split(q_u, 2), split(q_v, 2), split(k_seg, 2), split(v_seg, 2),
+                        split(weight[e:2 * e], 0, d), split(weight[2 * e:], 0, d),
+                        split(self.r_proj.weight, 0, d))
+        outs = [self._attend([w] * len(heads), qu, qv, k, v, wk, wv, wr, memory, sinks,
+                             seen, sinks_in_keys)
+                for (w, heads), qu, qv, k, v, wk, wv, wr in per_group]
+        out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]  # (B, H, L, D), group order
         out = out.transpose(1, 2).reshape(b, length, e)
-        w_out = self.out_proj.weight
-        if not self._in_order:
-            w_out = w_out.index_select(1, _selector(self._order, d).to(w_out.device))
-        return F.linear(out, w_out)
+        return F.linear(out, self.heads.to_group_order(self.out_proj.weight, 1, d))
+
+    def _merged(self, batch: int, length: int, memory_len: int) -> bool:
+        """Whether this call computes all heads in one pass (see ``STRATEGIES``)."""
+        if len(self.groups) == 1 or self.strategy == "grouped":
+            return False
+        if self.strategy == "merged":
+            return True
+        from ..kernels.plan import prefer_merged
+
+        return prefer_merged(self.windows, batch, length, memory_len, self.head_dim)
+
+    def _attend(self, windows: List[Window], q_u, q_v, k, v, w_k, w_v, w_r, memory, sinks,
+                seen: int, sinks_in_keys: int) -> torch.Tensor:
+        """Attention of one window group (or of every head, merged) with its ``windows``: q_u, q_v, k, v (B, L, G, D) of the segment, their rows of the key, value and
+        position projections. Keys = the sink states before the memory slice it reads, the last
+        ``memory_needed`` memory states (the largest need of ``windows``) and the segment; one
+        position score per distance up to the largest window (every key for a full head), clamped
+        per head to its own farthest distance ``w - 1`` (what a sink outside the window gets).
+        Returns (B, G, L, D)."""
+        b, length, g, d = q_u.shape
+        m_len = 0 if memory is None else memory.shape[1]
+        reach = None if None in windows else max(windows)
+        m = self.memory_needed(reach, m_len)
+        start = seen - m  # stream position of the first memory state read
+        n_prefix = 0 if sinks is None else max(0, min(sinks.shape[1], start))
+        k, v = k.transpose(1, 2), v.transpose(1, 2)  # (B, G, L, D)
+        if n_prefix or m:
+            parts = ([sinks[:, :n_prefix]] if n_prefix else []) + ([memory[:, m_len - m:]] if m else [])
+            past = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+            kv_past = F.linear(past, torch.cat([w_k, w_v]))
+            k_past, v_past = kv_past.view(b, -1, 2, g, d).permute(2, 0, 3, 1, 4)
+            k, v = torch.cat([k_past, k], dim=2), torch.cat([v_past, v], dim=2)
+        lk = k.shape[2]
+        num_dist = lk if reach is None else min(reach, lk)
+        r = F.linear(self.positions(num_dist, q_u.dtype), w_r).view(num_dist, g, d)
+        if sinks_in_keys and any(w is not None and w < num_dist for w in windows):
+            # merged heads: distances beyond a head's window (only its sinks) read its w - 1
+            idx = _clamped_distances(tuple(windows), num_dist, r.device)
+            r = r.gather(0, idx[:, :, None].expand(num_dist, g, d))
+        pos_scores = torch.matmul(q_v.transpose(1, 2), r.permute(1, 2, 0))  # (B, G, L, R)
+        return window_attention(
+            q_u.transpose(1, 2), k, v, windows, sink_tokens=sinks_in_keys, pos_scores=pos_scores,
+            dropout_p=self.attention_dropout if self.training else 0.0, scale=d ** -0.5,
+            backend=self.backend,
+        )
 
     # --- incremental decoding ----------------------------------------------------------------------
 
@@ -154,7 +181,7 @@ class RelMultiheadWindowAttention(nn.Module):
         if table is None or table.shape[0] < num or table.dtype != dtype:
             have = 0 if table is None else table.shape[0]
             cap = num if w is not None else max(num, 2 * have, 64)  # full heads: grow by doubling
-            table = F.linear(self.positions(cap, dtype), self.r_proj.weight[_selector(heads, d)])
+            table = F.linear(self.positions(cap, dtype), self.r_proj.weight[self.heads.rows(heads, d)])
             cache.positions[gi] = table  # (cap, G * D)
         return table[:num].view(num, g, d).permute(1, 2, 0)
 
@@ -165,23 +192,22 @@ class RelMultiheadWindowAttention(nn.Module):
         b, length, e = x.shape
         d = self.head_dim
         scale = d ** -0.5
-        qkv = F.linear(x, self.qkv_proj.weight).view(b, length, 3, self.num_heads, d)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, L, D), position-free
-        end = cache.length + length  # distances of the chunk's last query: 0 .. end - 1
+        q, k, v = F.linear(x, self.qkv_proj.weight).view(b, length, 3, self.num_heads, d).unbind(2)
+        q_u, q_v = q + self.u_bias, (q + self.v_bias) * scale
+        split = self.heads.split  # per group (B, L, G, D) -> (B, G, L, D) below
         qs, ks, vs, ps = [], [], [], []
-        for gi, (w, heads) in enumerate(self.groups):
-            sel = _selector(heads)
-            qg = q[:, sel]
+        end = cache.length + length  # distances of the chunk's last query: 0 .. end - 1
+        for gi, ((w, _), qu, qv, kg, vg) in enumerate(zip(self.groups, split(q_u, 2), split(q_v, 2),
+                                                            split(k, 2), split(v, 2))):
             r = self._positions_of_group(cache, gi, end if w is None else w, x.dtype)
-            ps.append(torch.matmul((qg + self.v_bias[sel, None]) * scale, r))  # (B, G, L, R)
-            qs.append(qg + self.u_bias[sel, None])
-            ks.append(k[:, sel])
-            vs.append(v[:, sel])
+            ps.append(torch.matmul(qv.transpose(1, 2), r))  # (B, G, L, R)
+            qs.append(qu.transpose(1, 2))
+            ks.append(kg.transpose(1, 2))
+            vs.append(vg.transpose(1, 2))
         outs = cache.kv.attend_groups(qs, ks, vs, pos_scores=ps, scale=scale)
-        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+        out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]  # group order
         out = out.transpose(1, 2).reshape(b, length, e)
-        w_out = self.out_proj.weight if self._in_order else self.out_proj.weight[:, self._out_cols]
-        return F.linear(out, w_out)
+        return F.linear(out, self.heads.to_group_order(self.out_proj.weight, 1, d))
 
 
 class XLDecodeCache:
