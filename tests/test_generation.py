@@ -32,6 +32,8 @@ def _log_probs(m, logits):
     return m.get_normalized_probs((logits, None), log_probs=True)
 
 
+NONCONSECUTIVE = "[[4,1,4,7],[8,null,8,2],[3,5,3,5],[2,6,6,2]]"
+
 CASES = {
     "full": dict(),
     "swa": dict(),
@@ -39,13 +41,16 @@ CASES = {
     "mswa-l": dict(),
     "mswa": dict(),
     "mswa+sinks": dict(sink_tokens=2),
+    # explicit windows whose head groups are not consecutive (heads 0 and 2 share a window)
+    "explicit": dict(attn_windows=NONCONSECUTIVE),
+    "explicit+sinks": dict(attn_windows=NONCONSECUTIVE, sink_tokens=2),
     "swa+full_layers+sinks": dict(full_attn_layers="0,3", sink_tokens=1),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_decoding_equals_parallel_forward(case):
-    m = _model(case.split("+")[0], **CASES[case])
+    m = _model(case.split("+")[0].replace("explicit", "mswa"), **CASES[case])
     tok = _tokens()
     with torch.no_grad():
         full = _log_probs(m, m(tok)[0])
