@@ -181,19 +181,3 @@ def test_sampling_with_fairseq_interactive_and_hub(tiny_corpus, tmp_path):
             str(xl.parent), checkpoint_file=xl.name, data_name_or_path=str(tiny_corpus),
             user_dir=str(USER_DIR),
         )
-
-
-def test_bench_decode_quick(tmp_path):
-    """scripts/bench_decode.py --quick: every configuration measured, the KV ratio of the paper."""
-    import json
-    import runpy
-
-    bench = runpy.run_path(str(USER_DIR.parent / "scripts" / "bench_decode.py"))
-    out = bench["main"](["--quick", "--json", str(tmp_path / "d.json"), "--md", str(tmp_path / "d.md")])
-    saved = json.loads((tmp_path / "d.json").read_text())
-    assert saved["kv_bytes_mswa_over_swa"] == out["kv_bytes_mswa_over_swa"]
-    assert abs(saved["kv_bytes_mswa_over_swa"] - 225 / 256) < 1e-9  # context > every window
-    assert saved["kv_bytes_full_over_mswa_16k"] > 1
-    assert all(r["tokens_per_s"] > 0 and r["kv_bytes"] > 0 for r in saved["rows"])
-    assert saved["decode_tps_mswa_over_swa"] > 0 and saved["decode_tps_full_over_mswa_16k"] > 0
-    assert "| kv_bytes_mswa_over_swa | 0.879 |" in (tmp_path / "d.md").read_text()
