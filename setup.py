@@ -8,6 +8,7 @@ setup(
     description="Multi-Scale Window Attention (MSWA) language models for fairseq",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
+    license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["fairseq_mswa", "fairseq_mswa.*"]),
     install_requires=[
