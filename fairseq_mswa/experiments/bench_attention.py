@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from fairseq_mswa.kernels.window_attention import select_backend, window_attention
-from fairseq_mswa.run_utils import load_average, machine_info, write_text_atomic
+from fairseq_mswa.run_utils import load_average, provenance, script_command, write_text_atomic
 from fairseq_mswa.schedule import build_schedule
 
 LAYERS, HEADS, HEAD_DIM, BASE = 12, 8, 64, 128
@@ -157,7 +157,7 @@ def markdown(result) -> str:
         f"Machine: {m['cpu_model']} ({m['cpu_count']} cores, torch threads {m['torch_threads']}), "
         f"{m['platform']}, torch {m['torch']}, device {m['device']}"
         + (f" ({m['gpu']})" if "gpu" in m else "") + f", dtype {result['dtype']}.",
-        f"Command: `{result['command']}`",
+        f"Command: `{result['command']}` (commit {result['git_commit']}, {result['date']})",
         "",
         "All times measured in one run, interleaved; best of "
         f"{result['reps']} reps, seconds per 12-layer forward+backward.",
@@ -219,14 +219,14 @@ def main(argv=None):
     if 1 not in [int(x) for x in args.batches.split(",")]:
         p.error("--batches must include 1 (the ratios use batch 1)")
     torch.set_num_threads(args.threads)
-    info = machine_info(args.device, torch.get_num_threads())
+    prov = provenance(script_command("bench_attention.py", argv), args.device, torch.get_num_threads())
+    info = prov["machine"]
     t0 = time.time()
     rows = run(args)
     lengths = [int(x) for x in args.lengths.split(",")]
     info["load_average_at_end"] = load_average()
     result = {
-        "machine": info,
-        "command": "python scripts/bench_attention.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        **prov,  # command, git_commit, git_dirty, date, machine (with the load at the end)
         "dtype": args.dtype,
         "reps": args.reps,
         "lengths": lengths,

@@ -28,16 +28,14 @@ Top-level ratios: ``kv_bytes_mswa_over_swa`` (largest context; 225/256 = 0.879 w
 """
 
 import argparse
-import datetime
 import json
-import sys
 import time
 
 import torch
 from tqdm import tqdm
 
 from fairseq_mswa.experiments.arch import DictionaryTask, build_arch_model
-from fairseq_mswa.run_utils import machine_info, write_text_atomic
+from fairseq_mswa.run_utils import provenance, script_command, write_text_atomic
 
 PATTERNS = ("full", "swa", "mswa")
 SHAPES = {
@@ -197,7 +195,7 @@ def markdown(result):
     lines = [
         "# Decode speed and KV-cache bytes: full vs SWA vs MSWA (Fig. 3 analogue)",
         "",
-        f"Command: `{result['command']}`  ",
+        f"Command: `{result['command']}` (commit {result['git_commit']})  ",
         f"Date: {result['date']}; machine: {result['machine']['cpu_model']}, "
         f"{result['machine']['torch_threads']} threads, torch {result['machine']['torch']}, "
         f"device {result['machine']['device']}" + (f" ({result['machine'].get('gpu')})"
@@ -259,14 +257,13 @@ def main(argv=None):
             setattr(args, key, value)
     if args.threads:
         torch.set_num_threads(args.threads)
+    prov = provenance(script_command("bench_decode.py", argv), args.device, torch.get_num_threads())
     started = time.time()
     rows = run(args)
     layers, heads, dim, _ = SHAPES[args.shape]
     result = {
         **summary(rows, args),
-        "command": "python scripts/bench_decode.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine_info(args.device, torch.get_num_threads()),
+        **prov,  # command, git_commit, git_dirty, date, machine
         "setup": dict(model="linear_mswa, layer pattern A (all local attention)", layers=layers,
                       heads=heads, embed_dim=dim, head_dim=dim // heads, vocab=args.vocab,
                       dtype="float16" if args.device == "cuda" else "float32",

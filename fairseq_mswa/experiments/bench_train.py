@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from fairseq_mswa.experiments.arch import DictionaryTask, build_arch_model
 from fairseq_mswa.modules.xl_attention import RelMultiheadWindowAttention
-from fairseq_mswa.run_utils import load_average, machine_info, write_text_atomic
+from fairseq_mswa.run_utils import load_average, provenance, script_command, write_text_atomic
 from fairseq_mswa.schedule import build_schedule
 from fairseq_mswa.stream import StreamState
 
@@ -289,7 +289,8 @@ def markdown(result) -> str:
         f"Machine: {m['cpu_model']} ({m['cpu_count']} cores, torch threads {m['torch_threads']}), "
         f"{m['platform']}, torch {m['torch']}, fairseq {m['fairseq']}; load average (1, 5, 15 min) "
         f"at start {m['load_average_at_start']}, at end {m['load_average_at_end']}.",
-        f"Command: `{result['command']}` ({result['wall_s']} s), {result['date']}.",
+        f"Command: `{result['command']}` ({result['wall_s']} s), {result['date']}, commit "
+        f"{result['git_commit']}.",
         "",
         f"Shape: {s['layers']} layers x {s['dim']}, {s['heads']} heads, FFN {s['ffn']}, vocab "
         f"{result['vocab']}, batch 1, dropout 0, float32; windows at base {s['base_window']}. "
@@ -380,7 +381,8 @@ def main(argv=None):
         p.error(f"--dim {shape['dim']} is not divisible by --heads {shape['heads']}")
 
     torch.set_num_threads(args.threads)
-    info = machine_info("cpu", torch.get_num_threads())
+    prov = provenance(script_command("bench_train.py", argv), "cpu", torch.get_num_threads())
+    info = prov["machine"]
     t0 = time.time()
     measured = run(args, shape)
     segments = measured["segments"]
@@ -405,9 +407,7 @@ def main(argv=None):
                                                  / attention_layer_flops("swa", shape, segments[-1]))
         targets["attn_layers_mswa_over_swa_flops"] = None
     result = {
-        "machine": info,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "command": "python scripts/bench_train.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        **prov,  # command, git_commit, git_dirty, date, machine (with the load at the end)
         "quick": args.quick,
         "shape": shape,
         "vocab": args.vocab,
