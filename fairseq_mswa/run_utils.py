@@ -68,6 +68,7 @@ _EVAL_LOSS = re.compile(rf"Loss \(base 2\): ({_NUMBER}), Perplexity: ({_NUMBER}|
 _TRAIN_SUMMARY = re.compile(r"\| train \| .*")
 _TRAIN_INNER_JSON = re.compile(r"\| train_inner \| (\{.*\})")
 _TRAIN_INNER_SIMPLE = re.compile(r"\| train_inner \| .*")
+_VALID = re.compile(r"\| valid \| .*")
 
 
 def _num(text: str) -> float:
@@ -134,6 +135,19 @@ def parse_train_inner(line_or_text: str) -> List[Dict]:
     return out
 
 
+def parse_valid(text: str) -> List[Dict]:
+    """Every validation summary of a fairseq-train log (``| valid | ... | loss 2.851 | ...
+    | num_updates 410``) as ``{"update": int, "loss": float}``."""
+    out = []
+    for line in _VALID.findall(text):
+        fields = _fields(line.split("| valid |", 1)[1])
+        try:
+            out.append({"update": int(_num(fields["num_updates"])), "loss": _num(fields["loss"])})
+        except (KeyError, ValueError):
+            continue
+    return out
+
+
 def parse_train_summary(text: str) -> Dict:
     """Last epoch summary of fairseq-train (``| train | ... | wps ... | num_updates ...``):
     ``{train_tokens_per_s, updates, train_wall_s, train_loss_base2}`` (those logged)."""
@@ -191,6 +205,26 @@ def run_logged(
             proc.wait()
             raise
     return rc, "".join(lines)
+
+
+def run_fairseq(cmd: Sequence[str], log: PathLike, label: str, *, verbose: bool = False,
+                total_updates: Optional[int] = None, cwd: Optional[PathLike] = REPO_ROOT) -> str:
+    """Run a fairseq CLI with its full log in ``log``: one :class:`TrainProgress` bar for a
+    training run (``total_updates``), the raw log on screen (``verbose``), else quietly. Returns
+    its output; raises CommandError naming the log (with its tail when it was not on screen)."""
+    if verbose:
+        rc, out = run_logged(cmd, log, echo=f"  [{label}]", cwd=cwd)
+    elif total_updates is not None:
+        with TrainProgress(f"  {label}", total=total_updates) as bar:
+            rc, out = run_logged(cmd, log, on_line=bar, cwd=cwd)
+    else:
+        rc, out = run_logged(cmd, log, cwd=cwd)
+    if rc != 0:
+        tail = "" if verbose else f"\n{log_tail(out)}\n"
+        tool = str(cmd[2]).replace("fairseq_cli.", "fairseq-").replace("_", "-") \
+            if len(cmd) > 2 and str(cmd[1]) == "-m" else str(cmd[0])
+        raise CommandError(f"{label}: {tool} failed (exit {rc}); full log: {log}{tail}")
+    return out
 
 
 def log_tail(text: str, lines: int = 20) -> str:

@@ -15,6 +15,7 @@ from fairseq_mswa.run_utils import (
     parse_eval_lm,
     parse_train_inner,
     parse_train_summary,
+    parse_valid,
     portable_command,
     provenance,
     run_logged,
@@ -104,3 +105,15 @@ def test_provenance_records_commit_date_and_one_machine_layout():
         "platform", "python", "torch", "fairseq", "cpu_model", "cpu_count", "torch_threads",
         "device", "load_average_at_start"}
     assert rec["machine"]["torch_threads"] == 1
+
+
+def test_progress_lines_of_fairseq_train():
+    """The train_inner and valid lines a progress bar and the table driver read."""
+    inner = ("2026-11-23 06:26:07 | INFO | train_inner | epoch 001:      2 / 6555 loss=6.886, "
+             "ppl=118.3, wps=11660.7, ups=182.16, wpb=64, bsz=2, num_updates=2, lr=2e-05")
+    assert [(r["update"], r["loss"]) for r in parse_train_inner(inner)] == [(2, 6.886)]
+    valid = ("2026-11-23 06:26:07 | INFO | valid | epoch 001 | valid on 'valid' subset | "
+             "loss 4.819 | ppl 28.2 | wps 1 | wpb 64 | bsz 2 | num_updates 40")
+    assert parse_valid(valid) == [{"update": 40, "loss": 4.819}]
+    assert parse_valid("| train | epoch 001 | loss 6.935") == []
+    assert parse_train_inner("| train | epoch 001 | loss 6.935") == []

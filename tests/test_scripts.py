@@ -10,12 +10,9 @@ from types import SimpleNamespace
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
+from fairseq_mswa.experiments import make_tables, reproduce
 
-import make_tables  # noqa: E402
-import reproduce  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _opts(**kw):
@@ -193,14 +190,6 @@ def test_plan_seed_and_scale_errors():
         reproduce.scale_args({"base-window": 30}, 4, "row x")
 
 
-def test_progress_bar_reads_fairseq_lines():
-    assert reproduce.progress_of(TRAIN_OUT.splitlines()[0]) == ("train", 2, 6.886)
-    valid = ("2026-11-23 06:26:07 | INFO | valid | epoch 001 | valid on 'valid' subset | "
-             "loss 4.819 | ppl 28.2 | wps 1 | wpb 64 | bsz 2 | num_updates 40")
-    assert reproduce.progress_of(valid) == ("valid", 40, 4.819)
-    assert reproduce.progress_of("| train | epoch 001 | loss 6.935") is None
-
-
 def test_missing_data_names_the_prep_script(tmp_path, capsys):
     rc = reproduce.main(["--table", "6", "--data-dir", str(tmp_path), "--results-dir",
                          str(tmp_path / "res"), "--no-tables"])
@@ -278,7 +267,7 @@ def _scaled(table, row, rid, value, seed=1, cost=None):
     return {"table": table, "row": row, "row_id": rid, "dataset": "pydoc-chars", "value": value,
             "seed": seed, "scale": "cpu", "data": "/d/pydoc-chars", "run_relative_cost": cost,
             "test_split": {"bytes": 23309}, "train_tokens_per_s": 1000.0, "eval_wall_s": 5.0,
-            "finished": "2026-11-23 14:00:00 UTC", "machine": {"cpu": "test", "cpus": 2},
+            "finished": "2026-11-23 14:00:00 UTC", "machine": {"cpu_model": "test", "cpu_count": 2},
             "train": {"updates": 500, "max_update": 500, "wall_s": 60.0, "layers": 4,
                       "heads": 4, "embed_dim": 64, "segment": 128, "tokens_per_update": 1024,
                       "factor": 4, "cost": {"windows": [2, 128]}}}
