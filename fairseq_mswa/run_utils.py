@@ -413,6 +413,14 @@ def provenance(command: str, device: str = "cpu", threads: Optional[int] = None)
             "date": utc_now(), "machine": machine_info(device, threads)}
 
 
+def commit_text(record: Dict) -> str:
+    """The measured commit of a result for its Markdown: ``git_commit`` (``+ uncommitted
+    changes`` when ``git_dirty``), else its ``git_commit_note``, else "not recorded"."""
+    if record.get("git_commit"):
+        return record["git_commit"] + (" + uncommitted changes" if record.get("git_dirty") else "")
+    return record.get("git_commit_note") or "not recorded"
+
+
 def save_figure_atomic(fig, path: PathLike, dpi: int = 110) -> Path:
     """Save a matplotlib figure through a temporary file and a rename, then close it."""
     import matplotlib.pyplot as plt

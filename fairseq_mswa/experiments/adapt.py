@@ -41,6 +41,7 @@ from fairseq_mswa.experiments.reproduce import ReproError, metric_value, test_sp
 from fairseq_mswa.run_utils import (
     REPO_ROOT as REPO,
     CommandError,
+    commit_text,
     load_average,
     parse_eval_lm,
     parse_train_summary,
@@ -356,8 +357,7 @@ def markdown(res: Dict) -> str:
               f"of such a short run.", "",
               machine_line(res["machine"]) + f" Finished {res['finished']}, total "
               f"wall time {res['total_wall_s']:.0f} s.", "",
-              "Command: `" + res["command"] + "` (commit "
-              + (res.get("git_commit") or res.get("git_commit_note") or "not recorded") + ")", "",
+              "Command: `" + res["command"] + "` (commit " + commit_text(res) + ")", "",
               "<details><summary>fairseq commands run</summary>", ""]
     for c in res["commands"]:
         lines += [f"* {c['step']} ({c['wall_s']} s): `{c['command']}`"]

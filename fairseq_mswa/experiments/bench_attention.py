@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from fairseq_mswa.kernels.window_attention import select_backend, window_attention
-from fairseq_mswa.run_utils import load_average, provenance, script_command, write_text_atomic
+from fairseq_mswa.run_utils import commit_text, load_average, provenance, script_command, write_text_atomic
 from fairseq_mswa.schedule import build_schedule
 
 LAYERS, HEADS, HEAD_DIM, BASE = 12, 8, 64, 128
@@ -157,7 +157,7 @@ def markdown(result) -> str:
         f"Machine: {m['cpu_model']} ({m['cpu_count']} cores, torch threads {m['torch_threads']}), "
         f"{m['platform']}, torch {m['torch']}, device {m['device']}"
         + (f" ({m['gpu']})" if "gpu" in m else "") + f", dtype {result['dtype']}.",
-        f"Command: `{result['command']}` (commit {result['git_commit']}, {result['date']})",
+        f"Command: `{result['command']}` (commit {commit_text(result)}, {result.get('date', 'date not recorded')})",
         "",
         "All times measured in one run, interleaved; best of "
         f"{result['reps']} reps, seconds per 12-layer forward+backward.",

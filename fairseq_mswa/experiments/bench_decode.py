@@ -35,7 +35,7 @@ import torch
 from tqdm import tqdm
 
 from fairseq_mswa.experiments.arch import DictionaryTask, build_arch_model
-from fairseq_mswa.run_utils import provenance, script_command, write_text_atomic
+from fairseq_mswa.run_utils import commit_text, provenance, script_command, write_text_atomic
 
 PATTERNS = ("full", "swa", "mswa")
 SHAPES = {
@@ -195,7 +195,7 @@ def markdown(result):
     lines = [
         "# Decode speed and KV-cache bytes: full vs SWA vs MSWA (Fig. 3 analogue)",
         "",
-        f"Command: `{result['command']}` (commit {result['git_commit']})  ",
+        f"Command: `{result['command']}` (commit {commit_text(result)})  ",
         f"Date: {result['date']}; machine: {result['machine']['cpu_model']}, "
         f"{result['machine']['torch_threads']} threads, torch {result['machine']['torch']}, "
         f"device {result['machine']['device']}" + (f" ({result['machine'].get('gpu')})"

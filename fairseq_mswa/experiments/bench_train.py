@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from fairseq_mswa.experiments.arch import DictionaryTask, build_arch_model
 from fairseq_mswa.modules.xl_attention import RelMultiheadWindowAttention
-from fairseq_mswa.run_utils import load_average, provenance, script_command, write_text_atomic
+from fairseq_mswa.run_utils import commit_text, load_average, provenance, script_command, write_text_atomic
 from fairseq_mswa.schedule import build_schedule
 from fairseq_mswa.stream import StreamState
 
@@ -290,7 +290,7 @@ def markdown(result) -> str:
         f"{m['platform']}, torch {m['torch']}, fairseq {m['fairseq']}; load average (1, 5, 15 min) "
         f"at start {m['load_average_at_start']}, at end {m['load_average_at_end']}.",
         f"Command: `{result['command']}` ({result['wall_s']} s), {result['date']}, commit "
-        f"{result['git_commit']}.",
+        f"{commit_text(result)}.",
         "",
         f"Shape: {s['layers']} layers x {s['dim']}, {s['heads']} heads, FFN {s['ffn']}, vocab "
         f"{result['vocab']}, batch 1, dropout 0, float32; windows at base {s['base_window']}. "

@@ -29,7 +29,7 @@ from typing import Dict, List, Optional
 
 from fairseq_mswa.cost import as_dicts, table_rows
 from fairseq_mswa.run_utils import REPO_ROOT as REPO
-from fairseq_mswa.run_utils import save_figure_atomic, write_text_atomic
+from fairseq_mswa.run_utils import commit_text, save_figure_atomic, write_text_atomic
 
 TABLES = (2, 3, 5, 6)
 DATASETS = ("wikitext-103", "enwik8")
@@ -233,6 +233,7 @@ def scaled_summary(table: int, paper: Dict, results: Dict[str, Dict[int, Dict]])
             "loadavg_1min": (r or {}).get("loadavg_1min"),
             "finished": (r or {}).get("finished"),
             "git_commit": (r or {}).get("git_commit"),
+            "git_dirty": (r or {}).get("git_dirty"),
             "git_commit_note": (r or {}).get("git_commit_note"),
             "commands": (r or {}).get("commands"),
         })
@@ -331,8 +332,7 @@ def scaled_markdown(summary: Dict, run_info: Optional[Dict] = None,
                          + f" (spread {max(vals) - min(vals):.3f})")
     m = s.get("machine") or {}
     info = run_info or {}
-    commits = sorted({r["git_commit"] or r.get("git_commit_note") or "not recorded"
-                      for r in s["rows"] if r["bpc"] is not None})
+    commits = sorted({commit_text(r) for r in s["rows"] if r["bpc"] is not None})
     lines += ["", f"Machine: {m.get('cpu_model', '?')}, {m.get('cpu_count', '?')} CPUs, "
               f"torch threads {m.get('torch_threads')}, torch {m.get('torch', '?')}, Python "
               f"{m.get('python', '?')}. Measured commit: {'; '.join(commits)}. "

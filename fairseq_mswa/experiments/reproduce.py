@@ -52,6 +52,7 @@ from fairseq_mswa.run_utils import (
     REPO_ROOT as REPO,
     CommandError,
     git_commit,
+    git_dirty,
     machine_info,
     parse_eval_lm,
     parse_train_summary,
@@ -421,7 +422,7 @@ def execute(run: Run, setup: Dict, opts) -> Dict:
         "eval_wall_s": round(eval_wall, 1),
         "loadavg_1min": {"start": round(load0[0], 2), "end": round(os.getloadavg()[0], 2)},
         "machine": machine_info(),
-        "git_commit": git_commit(),
+        "git_commit": git_commit(), "git_dirty": git_dirty(),
         "commands": {"train": portable_command(run.train_cmd, roots),
                      "eval": portable_command(run.eval_cmd, roots)},
         "finished": utc_now(),
@@ -578,7 +579,8 @@ def main(argv=None) -> int:
             written = render_scaled(
                 opts.table, Path(opts.results_dir), REPO / "results" / "paper.json",
                 run_info={"command": script_command("reproduce.py", argv, path_roots(opts)),
-                          "git_commit": git_commit(), "date": utc_now(),
+                          "git_commit": git_commit(), "git_dirty": git_dirty(),
+                          "date": utc_now(),
                           "invocation_wall_s": round(time.time() - t_start, 1),
                           "rows_run_now": done, "scale": opts.scale,
                           "machine": machine_info()})
