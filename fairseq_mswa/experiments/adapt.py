@@ -320,7 +320,7 @@ def fmt(x, nd=3):
 
 def machine_line(m: Dict) -> str:
     """One sentence about the machine (run_utils.machine_info's layout)."""
-    return (f"Machine: {m.get('cpu_model')}, {m.get('cpu_count')} CPUs, torch threads "
+    return (f"Machine: {m.get('cpu_model') or 'CPU model not recorded'}, {m.get('cpu_count')} CPUs, torch threads "
             f"{m.get('torch_threads')}, torch {m.get('torch')}, Python {m.get('python')}; load "
             f"average {m.get('load_average_at_start')} at start, "
             f"{m.get('load_average_at_end')} at end.")
