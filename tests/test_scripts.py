@@ -82,6 +82,21 @@ def test_plan_paper_setup_and_memory():
     assert all(_flag(r.train_cmd, "--tokens-per-sample") == "2048" for r in t3)
 
 
+def test_dropout_per_dataset_in_every_table():
+    """setup.yaml's choice, in code and config alike: dropout 0.2 on Wikitext-103, 0.1 on enwik8,
+    for the XL rows (their presets) and Table 3's linear rows (setup.yaml's flag) alike."""
+    from fairseq_mswa.experiments.arch import resolve_arch_config
+
+    setup = reproduce.load_setup()
+    for t in reproduce.TABLES:
+        for run in reproduce.plan_runs(t, _opts(), setup):
+            cmd = run.train_cmd
+            flags = {"dropout": float(_flag(cmd, "--dropout"))} if "--dropout" in cmd else {}
+            cfg = resolve_arch_config(_flag(cmd, "--arch"), flags)
+            want = {"wikitext-103": 0.2, "enwik8": 0.1}[run.dataset]
+            assert cfg.dropout == want, (t, run.dataset, run.row["id"], cfg.dropout)
+
+
 def test_plan_gpus_keep_tokens_per_update():
     setup = reproduce.load_setup()
     for gpus, per_gpu, want_bs, want_uf in ((4, None, 24, 1), (4, 8, 8, 3), (1, 16, 16, 6)):
