@@ -8,8 +8,10 @@ setup(
     description="Multi-Scale Window Attention (MSWA) language models for fairseq",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
+    license="MIT",
     python_requires=">=3.10",
-    packages=find_packages(include=["fairseq_mswa", "fairseq_mswa.*"]),
+    # data_prep: the corpora the drivers in fairseq_mswa.experiments build (no sys.path tricks)
+    packages=find_packages(include=["fairseq_mswa", "fairseq_mswa.*", "data_prep"]),
     install_requires=[
         # FlexAttention (torch.nn.attention.flex_attention) needs torch >= 2.5
         "torch>=2.5",

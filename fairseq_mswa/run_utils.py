@@ -6,7 +6,10 @@
   separator, ``Loss (base 2)``), :func:`parse_train_summary` (the last ``| train |`` line),
   :func:`parse_train_inner` (every ``train_inner`` line, simple or json log format);
 * :func:`run_logged`: run a CLI with its whole output teed to a log file, echoed line by line or
-  handed to a callback (:class:`TrainProgress` turns fairseq-train's lines into one tqdm bar).
+  handed to a callback (:class:`TrainProgress` turns fairseq-train's lines into one tqdm bar);
+* what a committed result records about itself: :func:`provenance` (the command with
+  repository-relative paths and plain ``python``, :func:`git_commit`, the date,
+  :func:`machine_info`), :func:`portable_command` for the fairseq commands a result holds.
 
 Pure standard library (tqdm is imported only by :class:`TrainProgress`), and not imported by the
 plugin itself: importing it loads neither torch nor fairseq. It lives in the package (not in
@@ -20,10 +23,15 @@ import os
 import re
 import shlex
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 PathLike = Union[str, Path]
+
+# the checkout this package is imported from (scripts/, configs/, results/ beside it)
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class CommandError(RuntimeError):
@@ -60,6 +68,7 @@ _EVAL_LOSS = re.compile(rf"Loss \(base 2\): ({_NUMBER}), Perplexity: ({_NUMBER}|
 _TRAIN_SUMMARY = re.compile(r"\| train \| .*")
 _TRAIN_INNER_JSON = re.compile(r"\| train_inner \| (\{.*\})")
 _TRAIN_INNER_SIMPLE = re.compile(r"\| train_inner \| .*")
+_VALID = re.compile(r"\| valid \| .*")
 
 
 def _num(text: str) -> float:
@@ -126,6 +135,19 @@ def parse_train_inner(line_or_text: str) -> List[Dict]:
     return out
 
 
+def parse_valid(text: str) -> List[Dict]:
+    """Every validation summary of a fairseq-train log (``| valid | ... | loss 2.851 | ...
+    | num_updates 410``) as ``{"update": int, "loss": float}``."""
+    out = []
+    for line in _VALID.findall(text):
+        fields = _fields(line.split("| valid |", 1)[1])
+        try:
+            out.append({"update": int(_num(fields["num_updates"])), "loss": _num(fields["loss"])})
+        except (KeyError, ValueError):
+            continue
+    return out
+
+
 def parse_train_summary(text: str) -> Dict:
     """Last epoch summary of fairseq-train (``| train | ... | wps ... | num_updates ...``):
     ``{train_tokens_per_s, updates, train_wall_s, train_loss_base2}`` (those logged)."""
@@ -183,6 +205,26 @@ def run_logged(
             proc.wait()
             raise
     return rc, "".join(lines)
+
+
+def run_fairseq(cmd: Sequence[str], log: PathLike, label: str, *, verbose: bool = False,
+                total_updates: Optional[int] = None, cwd: Optional[PathLike] = REPO_ROOT) -> str:
+    """Run a fairseq CLI with its full log in ``log``: one :class:`TrainProgress` bar for a
+    training run (``total_updates``), the raw log on screen (``verbose``), else quietly. Returns
+    its output; raises CommandError naming the log (with its tail when it was not on screen)."""
+    if verbose:
+        rc, out = run_logged(cmd, log, echo=f"  [{label}]", cwd=cwd)
+    elif total_updates is not None:
+        with TrainProgress(f"  {label}", total=total_updates) as bar:
+            rc, out = run_logged(cmd, log, on_line=bar, cwd=cwd)
+    else:
+        rc, out = run_logged(cmd, log, cwd=cwd)
+    if rc != 0:
+        tail = "" if verbose else f"\n{log_tail(out)}\n"
+        tool = str(cmd[2]).replace("fairseq_cli.", "fairseq-").replace("_", "-") \
+            if len(cmd) > 2 and str(cmd[1]) == "-m" else str(cmd[0])
+        raise CommandError(f"{label}: {tool} failed (exit {rc}); full log: {log}{tail}")
+    return out
 
 
 def log_tail(text: str, lines: int = 20) -> str:
@@ -256,7 +298,9 @@ def load_average() -> Optional[List[float]]:
 
 
 def machine_info(device: str = "cpu", threads: Optional[int] = None) -> Dict:
-    """What a committed benchmark states about its machine (torch/fairseq imported lazily)."""
+    """What a committed result states about its machine, one layout for all (torch and fairseq
+    imported lazily): platform, python, torch, fairseq, cpu_model, cpu_count, torch_threads,
+    device (gpu on cuda), load_average_at_start. No host name."""
     import platform
 
     import torch
@@ -276,10 +320,105 @@ def machine_info(device: str = "cpu", threads: Optional[int] = None) -> Dict:
 
         info["fairseq"] = getattr(fairseq, "__version__", "unknown")
     except ImportError:
-        pass
+        info["fairseq"] = None
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def git_commit(repo: PathLike = REPO_ROOT) -> Optional[str]:
+    """``git rev-parse HEAD`` of ``repo``: the commit a result measured (None outside git)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                             text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def git_dirty(repo: PathLike = REPO_ROOT) -> Optional[bool]:
+    """Whether tracked files differ from that commit (``git status --porcelain -uno``)."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "-uno"], cwd=repo,
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
+
+
+def _is_python(arg: str) -> bool:
+    name = Path(arg).name
+    return arg == sys.executable or (os.sep in arg and re.fullmatch(r"python[\d.]*", name) is not None)
+
+
+def portable_path(arg: str, roots: Optional[Dict[str, PathLike]] = None,
+                  repo: PathLike = REPO_ROOT) -> str:
+    """One argument of a command as a result records it: an interpreter as ``python``, a path
+    inside the repository relative to it, a path inside one of ``roots`` (name -> folder, e.g.
+    ``{"data-dir": opts.data_dir}``) as ``<name>/rest``; anything else unchanged.
+    ``--flag=/path`` is handled too."""
+    if arg.startswith("--") and "=" in arg:
+        flag, value = arg.split("=", 1)
+        return f"{flag}={portable_path(value, roots, repo)}"
+    if _is_python(arg):
+        return "python"
+    if not os.path.isabs(arg):
+        return arg
+    path = Path(os.path.normpath(arg))
+    named = [(name, Path(os.path.abspath(root))) for name, root in (roots or {}).items()
+             if root is not None]
+    for name, root in sorted(named, key=lambda nr: -len(str(nr[1]))):  # innermost first
+        if root != Path(repo).resolve() and not _inside(root, repo) and _inside(path, root):
+            rel = path.relative_to(root).as_posix()
+            return f"<{name}>" if rel == "." else f"<{name}>/{rel}"
+    if _inside(path, repo):
+        rel = path.relative_to(Path(repo).resolve()).as_posix()
+        return "." if rel == "." else rel
+    return arg
+
+
+def _inside(path: Path, folder: PathLike) -> bool:
+    try:
+        Path(path).relative_to(Path(folder).resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def portable_command(cmd: Sequence, roots: Optional[Dict[str, PathLike]] = None,
+                     repo: PathLike = REPO_ROOT) -> List[str]:
+    """``cmd`` (a list) with every argument through :func:`portable_path`."""
+    return [portable_path(str(c), roots, repo) for c in cmd]
+
+
+def script_command(script: str, argv: Optional[Sequence[str]] = None,
+                   roots: Optional[Dict[str, PathLike]] = None) -> str:
+    """How to repeat this run: ``python scripts/<script> args`` (``argv``: the arguments given,
+    default ``sys.argv[1:]``), paths portable as :func:`portable_path` makes them."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    return " ".join(shlex.quote(a) for a in
+                    ["python", f"scripts/{script}"] + portable_command(args, roots))
+
+
+def utc_now() -> str:
+    """The date a result records: ``YYYY-MM-DD HH:MM UTC``."""
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+
+
+def provenance(command: str, device: str = "cpu", threads: Optional[int] = None) -> Dict:
+    """What every committed result records about itself: ``command`` (as
+    :func:`script_command` writes it), ``git_commit`` (``git rev-parse HEAD``; ``git_dirty``: the
+    checkout had uncommitted changes), ``date`` and ``machine`` (:func:`machine_info`)."""
+    return {"command": command, "git_commit": git_commit(), "git_dirty": git_dirty(),
+            "date": utc_now(), "machine": machine_info(device, threads)}
+
+
+def commit_text(record: Dict) -> str:
+    """The measured commit of a result for its Markdown: ``git_commit`` (``+ uncommitted
+    changes`` when ``git_dirty``), else its ``git_commit_note``, else "not recorded"."""
+    if record.get("git_commit"):
+        return record["git_commit"] + (" + uncommitted changes" if record.get("git_dirty") else "")
+    return record.get("git_commit_note") or "not recorded"
 
 
 def save_figure_atomic(fig, path: PathLike, dpi: int = 110) -> Path:

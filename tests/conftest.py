@@ -1,10 +1,10 @@
-"""Shared test helpers: a fake fairseq task with a small dictionary, the one runner of fairseq's
-CLIs, and sample fairseq-eval-lm output. fairseq-eval-lm's output is parsed by
-``fairseq_mswa.run_utils.parse_eval_lm`` (the parser the scripts use too).
+"""Shared test helpers: a fake fairseq task with a small dictionary, the tiny models of both
+architectures (built as ``fairseq-train --arch`` builds them: fairseq_mswa.experiments.arch), the
+helpers of the two generation test modules, the one runner of fairseq's CLIs, and sample
+fairseq-eval-lm output (parsed by ``fairseq_mswa.run_utils.parse_eval_lm``, as the drivers do).
 
-Plain helpers (``FakeTask``, ``make_dictionary``, ``run_cli``) are importable with
-``from conftest import ...`` (tests/ is on sys.path: it has no ``__init__.py``); the fixtures
-wrap them for tests that prefer fixtures.
+Plain helpers are importable with ``from conftest import ...`` (tests/ is on sys.path: it has no
+``__init__.py``); test modules import helpers from here only, never from each other.
 """
 
 import os
@@ -14,6 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from fairseq_mswa.experiments.arch import DictionaryTask as FakeTask  # noqa: F401  (re-exported)
+from fairseq_mswa.experiments.arch import build_arch_model, make_dictionary  # noqa: F401
 
 # one thread per CLI process: the suite runs on 2 shared cores
 CLI_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
@@ -24,22 +28,88 @@ CLI_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
 USER_DIR = Path(__file__).resolve().parents[1] / "fairseq_mswa"
 
 
-def make_dictionary(vocab: int = 23):
-    """A fairseq Dictionary with its 4 specials and ``vocab`` words ``w0 .. w{vocab-1}``."""
-    from fairseq.data import Dictionary
+# --- tiny models ------------------------------------------------------------------------------
 
-    d = Dictionary()
-    for i in range(vocab):
-        d.add_symbol(f"w{i}")
-    return d
+LINEAR_WORDS = 40  # the linear_mswa tests' dictionary: 40 words + 4 specials
+TINY_LINEAR = dict(decoder_embed_dim=32, decoder_ffn_embed_dim=64, decoder_attention_heads=4,
+                   feature_dim=8, linear_chunk_size=8, base_window=16, dropout=0.0)
+XL_WORDS = 23  # the transformer_xl_mswa tests' dictionary: 23 words + 4 specials
 
 
-class FakeTask:
-    """What ``build_model`` reads from a task: source and target dictionaries (the same one)."""
+def tiny_linear_model(arch="linear_mswa_tiny", **overrides):
+    """``--arch arch`` (default linear_mswa_tiny) + ``overrides`` on a 40-word dictionary, seed 0,
+    in eval mode."""
+    overrides.setdefault("max_target_positions", 128)
+    torch.manual_seed(0)
+    return build_arch_model(arch, FakeTask(LINEAR_WORDS), overrides).eval()
 
-    def __init__(self, vocab: int = 23):
-        self.source_dictionary = self.target_dictionary = make_dictionary(vocab)
 
+def tiny_xl_model(seed=0, **overrides):
+    """``--arch transformer_xl_mswa_tiny --tokens-per-sample 32`` + ``overrides`` on a 23-word
+    dictionary, in eval mode, its zero-initialised u / v biases randomised (symmetry broken)."""
+    torch.manual_seed(seed)
+    model = build_arch_model("transformer_xl_mswa_tiny", FakeTask(XL_WORDS), dict(
+        tokens_per_sample=32, max_target_positions=32, **overrides)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("u_bias", "v_bias")):
+                p.normal_(0, 0.5)
+    return model
+
+
+# --- generation -------------------------------------------------------------------------------
+
+PROMPT_TEXT = "w3 w4 w5"
+
+
+def random_tokens(b, n, high, seed=1):
+    """(b, n) token ids in [4, high): no special symbols."""
+    return torch.randint(4, high, (b, n), generator=torch.Generator().manual_seed(seed))
+
+
+def log_probs(model, logits):
+    return model.get_normalized_probs((logits, None), log_probs=True)
+
+
+def decode_in_chunks(model, tokens, chunks, state=None):
+    """Feed ``tokens`` through the incremental path in chunks of the given sizes:
+    (log-probabilities of every fed position, the incremental state)."""
+    state = {} if state is None else state
+    outs, t = [], 0
+    for c in chunks:
+        t += c
+        outs.append(model.decoder(tokens[:, :t], incremental_state=state)[0])
+    return log_probs(model, torch.cat(outs, 1)), state
+
+
+def train_tiny(data, save, arch, task, updates, *extra, tokens_per_sample=64, batch_size=8):
+    """fairseq-train a tiny model on ``data`` for ``updates`` updates (CPU, seed 1, no
+    validation); returns its last checkpoint."""
+    run_cli("train", *[
+        str(data), "--user-dir", str(USER_DIR), "--task", task, "--arch", arch,
+        "--tokens-per-sample", str(tokens_per_sample), "--cpu", "--num-workers", "0",
+        "--optimizer", "adam", "--lr", "3e-3", "--batch-size", str(batch_size),
+        "--max-update", str(updates), "--save-dir", str(save), "--no-epoch-checkpoints",
+        "--log-format", "simple", "--seed", "1", "--disable-validation", *extra,
+    ], timeout=180)
+    return save / "checkpoint_last.pt"
+
+
+def assert_interactive_continues(data, ckpt, task, *extra):
+    """fairseq-interactive samples a continuation of PROMPT_TEXT that starts with it."""
+    out = run_cli(
+        "interactive", *[
+            str(data), "--user-dir", str(USER_DIR), "--task", task, "--path", str(ckpt),
+            "--sampling", "--sampling-topk", "3", "--beam", "1", "--cpu", "--seed", "2", *extra,
+        ],
+        input=PROMPT_TEXT + "\n", timeout=120,
+    )
+    hypo = [line.split("\t")[2] for line in out.splitlines() if line.startswith("H-0")]
+    assert hypo and hypo[0].startswith(PROMPT_TEXT + " "), out[-2000:]
+    assert len(hypo[0].split()) > len(PROMPT_TEXT.split())
+
+
+# --- fairseq's command-line tools -------------------------------------------------------------
 
 def cli_command(tool: str, *args) -> list:
     """``python -m fairseq_cli.<tool> args...`` with this interpreter (tool: train, eval_lm,
@@ -59,18 +129,6 @@ def run_cli(tool: str, *args, timeout: float = 300, env=None, input=None) -> str
             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         )
     return proc.stdout + proc.stderr
-
-
-@pytest.fixture
-def fake_task():
-    """Factory: ``fake_task(vocab=23)`` -> a FakeTask."""
-    return FakeTask
-
-
-@pytest.fixture
-def fairseq_cli():
-    """The CLI runner: ``fairseq_cli("train", data, "--arch", ...)`` -> output."""
-    return run_cli
 
 
 @pytest.fixture

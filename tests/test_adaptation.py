@@ -1,4 +1,4 @@
-"""scripts/adapt.py (the SWAA adaptation study): --smoke end to end through scripts/adaptation.sh,
+"""fairseq_mswa.experiments.adapt (scripts/adapt.py, the SWAA adaptation study): --smoke end to end through scripts/adaptation.sh,
 every row measured and finite, and the two refusals (windowed checkpoint, wrong dictionary)."""
 
 import json
@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
+from fairseq_mswa.experiments import adapt
 
-import adapt  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 ROWS = ["full (control)", "SWA", "SWA + sinks", "SWA + full layers", "MSWA", "MSWA + sinks",
         "MSWA + full layers"]
@@ -33,6 +32,12 @@ def smoke(tmp_path_factory):
     proc = _run(["--smoke", "--work", str(root / "work"), "--out", str(root / "out")])
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return root, proc.stdout, json.loads((root / "out" / "adaptation.json").read_text())
+
+
+def _local(root, recorded: str) -> Path:
+    """A path the result records relative to --work (``<work>/...``) as a path here."""
+    assert recorded.startswith("<work>/"), recorded
+    return root / "work" / recorded[len("<work>/"):]
 
 
 def _finite(x):
@@ -61,7 +66,8 @@ def test_smoke_every_row_measured(smoke):
     assert by["full (control)"]["relative_cost_vs_full"] == 1.0
     assert res["left_out"][0]["row"] == "SWA + full-attention decode"
     assert len(res["commands"]) == 22 and all(c["exit"] == 0 for c in res["commands"])
-    assert all(Path(c["log"]).is_file() for c in res["commands"])
+    # the logs are recorded relative to --work (outside the repository here)
+    assert all(_local(root, c["log"]).is_file() for c in res["commands"])
     assert (root / "out" / "adaptation.png").read_bytes()[:4] == b"\x89PNG"
     md = (root / "out" / "adaptation.md").read_text()
     assert "| MSWA + full layers |" in md and "full-attention decode" in md
@@ -71,7 +77,7 @@ def test_smoke_every_row_measured(smoke):
 def test_refuses_windowed_checkpoint(smoke, tmp_path):
     root, _, res = smoke
     swa = root / "work" / "checkpoints" / "swa" / "checkpoint_last.pt"
-    proc = _run(["--checkpoint", str(swa), "--data", res["corpus"]["data"],
+    proc = _run(["--checkpoint", str(swa), "--data", str(_local(root, res["corpus"]["data"])),
                  "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o")], timeout=120)
     assert proc.returncode == 2
     assert "not a full-attention checkpoint" in proc.stderr
@@ -83,7 +89,7 @@ def test_refuses_other_dictionary(smoke, tmp_path):
     root, _, res = smoke
     full = root / "work" / "checkpoints" / "full" / "checkpoint_last.pt"
     other = tmp_path / "other-bin"
-    shutil.copytree(res["corpus"]["data"], other)
+    shutil.copytree(_local(root, res["corpus"]["data"]), other)
     lines = (other / "dict.txt").read_text().splitlines()
     (other / "dict.txt").write_text("\n".join(lines + ["zz 1"]) + "\n")  # one symbol more
     proc = _run(["--checkpoint", str(full), "--data", str(other), "--work", str(tmp_path / "w")],

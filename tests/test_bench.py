@@ -1,22 +1,14 @@
-"""The benchmark scripts run (--quick) and write every key their issue asks for."""
+"""The benchmarks (fairseq_mswa.experiments.bench_*) run (--quick) and write every key their
+issue asks for."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from fairseq_mswa.experiments import bench_decode
+from fairseq_mswa.experiments import bench_train as bench
 
 
 def test_bench_train_quick(tmp_path):
-    bench = load_script("bench_train")
     out_json, out_md = tmp_path / "t.json", tmp_path / "t.md"
     bench.main(["--quick", "--reps", "1", "--warmup", "1", "--threads", "1",
                 "--json", str(out_json), "--md", str(out_md)])
@@ -33,7 +25,18 @@ def test_bench_train_quick(tmp_path):
 def test_step_flops_orders_the_variants():
     """The needed-FLOPs model: full XL > transformer_lm at long segments; MSWA < SWA (sum of
     windows 225/256 of SWA's in the attention terms)."""
-    bench = load_script("bench_train")
     shape = dict(bench.PAPER_SHAPE)
     f = {v: bench.step_flops(v, shape, 2048, 256) for v in bench.VARIANTS}
     assert f["xl_full"] > f["transformer_lm"] > f["xl_swa"] > f["xl_mswa"]
+
+
+def test_bench_decode_quick(tmp_path):
+    """scripts/bench_decode.py --quick: every configuration measured, the KV ratio of the paper."""
+    out = bench_decode.main(["--quick", "--json", str(tmp_path / "d.json"), "--md", str(tmp_path / "d.md")])
+    saved = json.loads((tmp_path / "d.json").read_text())
+    assert saved["kv_bytes_mswa_over_swa"] == out["kv_bytes_mswa_over_swa"]
+    assert abs(saved["kv_bytes_mswa_over_swa"] - 225 / 256) < 1e-9  # context > every window
+    assert saved["kv_bytes_full_over_mswa_16k"] > 1
+    assert all(r["tokens_per_s"] > 0 and r["kv_bytes"] > 0 for r in saved["rows"])
+    assert saved["decode_tps_mswa_over_swa"] > 0 and saved["decode_tps_full_over_mswa_16k"] > 0
+    assert "| kv_bytes_mswa_over_swa | 0.879 |" in (tmp_path / "d.md").read_text()

@@ -11,25 +11,25 @@ import fairseq_mswa.modules.local_attention as local_attention
 from fairseq_mswa.kernels.dense import visibility_mask
 from fairseq_mswa.models.linear_mswa import LinearMSWALanguageModel
 from fairseq_mswa.modules.kv_cache import WindowKVCache
-from conftest import USER_DIR, run_cli
-from test_linear_mswa import TINY, tiny_model
+from conftest import (LINEAR_WORDS, PROMPT_TEXT, TINY_LINEAR, USER_DIR,
+                      assert_interactive_continues, decode_in_chunks, log_probs, random_tokens,
+                      tiny_linear_model, train_tiny)
 
 N = 80  # longer than every window of the tiny schedules (largest: 2 x 2 x 16 = 64)
 PROMPT = 70
 
 
 def _model(pattern, **extra):
-    cfg = dict(TINY, decoder_layers=6, attn_pattern=pattern, attn_backend="dense")
+    cfg = dict(TINY_LINEAR, decoder_layers=6, attn_pattern=pattern, attn_backend="dense")
     cfg.update(extra)
-    return tiny_model("linear_mswa", **cfg).double()
+    return tiny_linear_model("linear_mswa", **cfg).double()
 
 
 def _tokens(b=3, n=N, seed=1):
-    return torch.randint(4, 40, (b, n), generator=torch.Generator().manual_seed(seed))
+    return random_tokens(b, n, LINEAR_WORDS, seed)  # ids below 40, as this module always used
 
 
-def _log_probs(m, logits):
-    return m.get_normalized_probs((logits, None), log_probs=True)
+_log_probs = log_probs
 
 
 NONCONSECUTIVE = "[[4,1,4,7],[8,null,8,2],[3,5,3,5],[2,6,6,2]]"
@@ -55,10 +55,8 @@ def test_decoding_equals_parallel_forward(case):
     with torch.no_grad():
         full = _log_probs(m, m(tok)[0])
         # token by token
-        state, steps = {}, []
-        for t in range(N):
-            steps.append(m.decoder(tok[:, : t + 1], incremental_state=state)[0])
-        torch.testing.assert_close(_log_probs(m, torch.cat(steps, 1)), full, rtol=1e-10, atol=1e-10)
+        steps, _ = decode_in_chunks(m, tok, [1] * N)
+        torch.testing.assert_close(steps, full, rtol=1e-10, atol=1e-10)
         # a prompt longer than every window in one call, a beam reorder, then token by token
         state = {}
         first = m.decoder(tok[:, :PROMPT], incremental_state=state)[0]
@@ -127,18 +125,7 @@ def test_empty_prompt_and_replayed_tokens_are_clear_errors():
 
 # --- sampling the fairseq way: fairseq-interactive and the hub interface ------------------------
 
-PROMPT_TEXT = "w3 w4 w5"
-
-
-def _train(data, save, arch, task, updates, *extra):
-    run_cli("train", *[
-        str(data), "--user-dir", str(USER_DIR), "--task", task, "--arch", arch,
-        "--tokens-per-sample", "64", "--cpu", "--num-workers", "0", "--optimizer", "adam",
-        "--lr", "3e-3", "--batch-size", "8", "--max-update", str(updates), "--save-dir", str(save),
-        "--no-epoch-checkpoints", "--log-format", "simple", "--seed", "1", "--disable-validation",
-        *extra,
-    ], timeout=180)
-    return save / "checkpoint_last.pt"
+_train = train_tiny
 
 
 def test_sampling_with_fairseq_interactive_and_hub(tiny_corpus, tmp_path):
@@ -148,17 +135,8 @@ def test_sampling_with_fairseq_interactive_and_hub(tiny_corpus, tmp_path):
     ckpt = _train(tiny_corpus, tmp_path / "lin", "linear_mswa_tiny", "language_modeling", 30,
                   "--sample-break-mode", "none")
     for task in ("language_modeling", "mswa_lm"):
-        out = run_cli(
-            "interactive", *[
-                str(tiny_corpus), "--user-dir", str(USER_DIR), "--task", task, "--path", str(ckpt),
-                "--sampling", "--sampling-topk", "3", "--beam", "1", "--cpu", "--seed", "2",
-                "--model-overrides", "{'decode_full_attention': True}",
-            ],
-            input=PROMPT_TEXT + "\n", timeout=120,
-        )
-        hypo = [line.split("\t")[2] for line in out.splitlines() if line.startswith("H-0")]
-        assert hypo and hypo[0].startswith(PROMPT_TEXT + " "), out[-2000:]
-        assert len(hypo[0].split()) > len(PROMPT_TEXT.split())
+        assert_interactive_continues(tiny_corpus, ckpt, task,
+                                     "--model-overrides", "{'decode_full_attention': True}")
 
     hub = LinearMSWALanguageModel.from_pretrained(
         str(ckpt.parent), checkpoint_file=ckpt.name, data_name_or_path=str(tiny_corpus),
@@ -186,19 +164,3 @@ def test_sampling_with_fairseq_interactive_and_hub(tiny_corpus, tmp_path):
             str(xl.parent), checkpoint_file=xl.name, data_name_or_path=str(tiny_corpus),
             user_dir=str(USER_DIR),
         )
-
-
-def test_bench_decode_quick(tmp_path):
-    """scripts/bench_decode.py --quick: every configuration measured, the KV ratio of the paper."""
-    import json
-    import runpy
-
-    bench = runpy.run_path(str(USER_DIR.parent / "scripts" / "bench_decode.py"))
-    out = bench["main"](["--quick", "--json", str(tmp_path / "d.json"), "--md", str(tmp_path / "d.md")])
-    saved = json.loads((tmp_path / "d.json").read_text())
-    assert saved["kv_bytes_mswa_over_swa"] == out["kv_bytes_mswa_over_swa"]
-    assert abs(saved["kv_bytes_mswa_over_swa"] - 225 / 256) < 1e-9  # context > every window
-    assert saved["kv_bytes_full_over_mswa_16k"] > 1
-    assert all(r["tokens_per_s"] > 0 and r["kv_bytes"] > 0 for r in saved["rows"])
-    assert saved["decode_tps_mswa_over_swa"] > 0 and saved["decode_tps_full_over_mswa_16k"] > 0
-    assert "| kv_bytes_mswa_over_swa | 0.879 |" in (tmp_path / "d.md").read_text()

@@ -13,9 +13,9 @@ import fairseq_mswa.modules.xl_attention as xl_attention
 from fairseq_mswa.kernels.dense import distance_scores, visibility_mask
 from fairseq_mswa.models.linear_mswa import LinearMSWALanguageModel
 from fairseq_mswa.models.transformer_xl_mswa import TransformerXLMSWALanguageModel
-from conftest import USER_DIR, run_cli
+from conftest import (PROMPT_TEXT, USER_DIR, XL_WORDS, assert_interactive_continues,
+                      decode_in_chunks, log_probs, random_tokens, tiny_xl_model, train_tiny)
 from fairseq_mswa.stream import StreamState
-from test_transformer_xl import VOCAB, build
 
 N = 140  # tokens: more than twice the largest window of the tiny schedules (mswa base 16: 64)
 PROMPT = 130
@@ -23,25 +23,16 @@ HEAD_DIM = 32 // 4
 
 
 def _model(pattern, **extra):
-    return build(attn_pattern=pattern, base_window=16, attn_backend="dense", **extra).double()
+    return tiny_xl_model(attn_pattern=pattern, base_window=16, attn_backend="dense",
+                         **extra).double()
 
 
 def _tokens(b=3, n=N, seed=1):
-    return torch.randint(4, VOCAB + 4, (b, n), generator=torch.Generator().manual_seed(seed))
+    return random_tokens(b, n, XL_WORDS + 4, seed)
 
 
-def _log_probs(m, logits):
-    return m.get_normalized_probs((logits, None), log_probs=True)
-
-
-def _decode(m, tok, chunks, state=None):
-    """Feed ``tok`` through the incremental path in chunks of the given sizes."""
-    state = {} if state is None else state
-    outs, t = [], 0
-    for c in chunks:
-        t += c
-        outs.append(m.decoder(tok[:, :t], incremental_state=state)[0])
-    return _log_probs(m, torch.cat(outs, 1)), state
+_log_probs = log_probs
+_decode = decode_in_chunks
 
 
 NONCONSECUTIVE = "[[4,1,4,7],[8,null,8,2],[3,5,3,5],[2,6,6,2]]"
@@ -161,36 +152,18 @@ def test_clear_errors():
 
 # --- sampling the fairseq way: fairseq-interactive and the hub interface ------------------------
 
-PROMPT_TEXT = "w3 w4 w5"
-
-
 def test_sampling_with_fairseq_interactive_and_hub(tiny_corpus, tmp_path):
     """A tiny XL trained for a few updates: fairseq-interactive (mswa_lm and language_modeling)
     continues a prompt by sampling; the hub's ``sample`` too; greedy generation through
     SequenceGenerator equals the argmax of the parallel forward; a checkpoint of another
     architecture is refused by name."""
     save = tmp_path / "xl"
-    run_cli("train", *[
-        str(tiny_corpus), "--user-dir", str(USER_DIR), "--task", "mswa_lm",
-        "--arch", "transformer_xl_mswa_tiny", "--tokens-per-sample", "32", "--cpu",
-        "--num-workers", "0", "--optimizer", "adam", "--lr", "3e-3", "--batch-size", "4",
-        "--max-update", "3", "--save-dir", str(save), "--no-epoch-checkpoints", "--log-format",
-        "simple", "--seed", "1", "--disable-validation", "--sink-tokens", "1",
-    ], timeout=180)
-    ckpt = save / "checkpoint_last.pt"
+    ckpt = train_tiny(tiny_corpus, save, "transformer_xl_mswa_tiny", "mswa_lm", 3,
+                      "--sink-tokens", "1", tokens_per_sample=32, batch_size=4)
     for task, overrides in (("mswa_lm", "{'decode_full_attention': True}"),
                             ("language_modeling", "{}")):
-        out = run_cli(
-            "interactive", *[
-                str(tiny_corpus), "--user-dir", str(USER_DIR), "--task", task, "--path", str(ckpt),
-                "--sampling", "--sampling-topk", "3", "--beam", "1", "--cpu", "--seed", "2",
-                "--max-len-b", "12", "--model-overrides", overrides,
-            ],
-            input=PROMPT_TEXT + "\n", timeout=120,
-        )
-        hypo = [line.split("\t")[2] for line in out.splitlines() if line.startswith("H-0")]
-        assert hypo and hypo[0].startswith(PROMPT_TEXT + " "), out[-2000:]
-        assert len(hypo[0].split()) > len(PROMPT_TEXT.split())
+        assert_interactive_continues(tiny_corpus, ckpt, task, "--max-len-b", "12",
+                                     "--model-overrides", overrides)
 
     hub = TransformerXLMSWALanguageModel.from_pretrained(
         str(save), checkpoint_file=ckpt.name, data_name_or_path=str(tiny_corpus),

@@ -1,16 +1,16 @@
 """The ``linear_mswa`` hybrid model: layer patterns, schedule/cost agreement, causality, decoding,
 presets and YAML configs, and fairseq-train + fairseq-eval-lm end to end for every Table 3 preset."""
 
-import argparse
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import FakeTask, run_cli
+from conftest import LINEAR_WORDS, TINY_LINEAR as TINY, FakeTask, run_cli, tiny_linear_model
 from omegaconf import OmegaConf
 
 import fairseq_mswa
-from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY
+from fairseq.models import ARCH_MODEL_REGISTRY
+from fairseq_mswa.experiments.arch import resolve_arch_config
 from fairseq_mswa.cost import hybrid_cost, table_rows
 from fairseq_mswa.models.linear_mswa import (
     LinearMSWAConfig,
@@ -35,22 +35,13 @@ TABLE3_ARCHS = {
 ALL_ARCHS = ["linear_mswa", *TABLE3_ARCHS.values(), "linear_mswa_tiny"]
 
 
-def preset_config(arch: str, **overrides) -> LinearMSWAConfig:
+def preset_config(arch: str, **overrides):
     """The config fairseq-train builds for ``--arch arch`` plus command-line ``overrides``."""
-    args = argparse.Namespace(**overrides)
-    ARCH_CONFIG_REGISTRY[arch](args)
-    return LinearMSWAConfig.from_namespace(args)
+    return resolve_arch_config(arch, overrides)
 
 
-def tiny_model(arch="linear_mswa_tiny", **overrides) -> LinearMSWALanguageModel:
-    overrides.setdefault("max_target_positions", 128)
-    torch.manual_seed(0)
-    return LinearMSWALanguageModel.build_model(preset_config(arch, **overrides), FakeTask(40)).eval()
-
-
-V = len(FakeTask(40).source_dictionary)  # 40 words + 4 special symbols
-TINY = dict(decoder_embed_dim=32, decoder_ffn_embed_dim=64, decoder_attention_heads=4,
-            feature_dim=8, linear_chunk_size=8, base_window=16, dropout=0.0)
+tiny_model = tiny_linear_model
+V = len(FakeTask(LINEAR_WORDS).source_dictionary)  # 40 words + 4 special symbols
 
 
 # --- layer pattern and schedule ---------------------------------------------------------------

@@ -7,12 +7,19 @@ import sys
 import pytest
 
 from fairseq_mswa.run_utils import (
+    REPO_ROOT,
     CommandError,
     TrainProgress,
+    git_commit,
+    machine_info,
     parse_eval_lm,
     parse_train_inner,
     parse_train_summary,
+    parse_valid,
+    portable_command,
+    provenance,
     run_logged,
+    script_command,
     write_json_atomic,
 )
 
@@ -70,3 +77,43 @@ def test_run_logged_tees_to_the_log(tmp_path):
     assert rc == 3 and sorted(out.split()) == ["err", "out"] and len(seen) == 2
     log = (tmp_path / "x.log").read_text()
     assert log.startswith("$ ") and "out\n" in log and "err\n" in log
+
+
+def test_portable_command_repo_relative_plain_python(tmp_path):
+    data = tmp_path / "data"
+    cmd = [sys.executable, "-m", "fairseq_cli.train", str(data / "pydoc-chars"), "--user-dir",
+           str(REPO_ROOT / "fairseq_mswa"), "--save-dir", str(REPO_ROOT / "runs" / "x"),
+           f"--json={REPO_ROOT / 'results' / 'a.json'}", "--lr", "0.001", "/elsewhere/file"]
+    assert portable_command(cmd, {"data-dir": data}) == [
+        "python", "-m", "fairseq_cli.train", "<data-dir>/pydoc-chars", "--user-dir",
+        "fairseq_mswa", "--save-dir", "runs/x", "--json=results/a.json", "--lr", "0.001",
+        "/elsewhere/file"]
+    # a data dir inside the repository stays repository-relative
+    assert portable_command([str(REPO_ROOT / "runs" / "d" / "c")],
+                            {"data-dir": REPO_ROOT / "runs" / "d"}) == ["runs/d/c"]
+    assert script_command("bench_train.py", ["--json", str(REPO_ROOT / "r.json")]) == \
+        "python scripts/bench_train.py --json r.json"
+
+
+def test_provenance_records_commit_date_and_one_machine_layout():
+    rec = provenance("python scripts/x.py", "cpu", 1)
+    assert set(rec) == {"command", "git_commit", "git_dirty", "date", "machine"}
+    assert rec["git_commit"] == git_commit() and rec["date"].endswith(" UTC")
+    if (REPO_ROOT / ".git").exists():
+        assert len(rec["git_commit"]) == 40
+    assert set(rec["machine"]) == set(machine_info("cpu", 1)) >= {
+        "platform", "python", "torch", "fairseq", "cpu_model", "cpu_count", "torch_threads",
+        "device", "load_average_at_start"}
+    assert rec["machine"]["torch_threads"] == 1
+
+
+def test_progress_lines_of_fairseq_train():
+    """The train_inner and valid lines a progress bar and the table driver read."""
+    inner = ("2026-11-23 06:26:07 | INFO | train_inner | epoch 001:      2 / 6555 loss=6.886, "
+             "ppl=118.3, wps=11660.7, ups=182.16, wpb=64, bsz=2, num_updates=2, lr=2e-05")
+    assert [(r["update"], r["loss"]) for r in parse_train_inner(inner)] == [(2, 6.886)]
+    valid = ("2026-11-23 06:26:07 | INFO | valid | epoch 001 | valid on 'valid' subset | "
+             "loss 4.819 | ppl 28.2 | wps 1 | wpb 64 | bsz 2 | num_updates 40")
+    assert parse_valid(valid) == [{"update": 40, "loss": 4.819}]
+    assert parse_valid("| train | epoch 001 | loss 6.935") == []
+    assert parse_train_inner("| train | epoch 001 | loss 6.935") == []

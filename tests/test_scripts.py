@@ -10,12 +10,9 @@ from types import SimpleNamespace
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
+from fairseq_mswa.experiments import make_tables, reproduce
 
-import make_tables  # noqa: E402
-import reproduce  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _opts(**kw):
@@ -83,6 +80,21 @@ def test_plan_paper_setup_and_memory():
     assert all("--mem-len" not in r.train_cmd for r in t3)
     assert all(int(_flag(r.train_cmd, "--batch-size")) == 8 for r in t3)
     assert all(_flag(r.train_cmd, "--tokens-per-sample") == "2048" for r in t3)
+
+
+def test_dropout_per_dataset_in_every_table():
+    """setup.yaml's choice, in code and config alike: dropout 0.2 on Wikitext-103, 0.1 on enwik8,
+    for the XL rows (their presets) and Table 3's linear rows (setup.yaml's flag) alike."""
+    from fairseq_mswa.experiments.arch import resolve_arch_config
+
+    setup = reproduce.load_setup()
+    for t in reproduce.TABLES:
+        for run in reproduce.plan_runs(t, _opts(), setup):
+            cmd = run.train_cmd
+            flags = {"dropout": float(_flag(cmd, "--dropout"))} if "--dropout" in cmd else {}
+            cfg = resolve_arch_config(_flag(cmd, "--arch"), flags)
+            want = {"wikitext-103": 0.2, "enwik8": 0.1}[run.dataset]
+            assert cfg.dropout == want, (t, run.dataset, run.row["id"], cfg.dropout)
 
 
 def test_plan_gpus_keep_tokens_per_update():
@@ -193,14 +205,6 @@ def test_plan_seed_and_scale_errors():
         reproduce.scale_args({"base-window": 30}, 4, "row x")
 
 
-def test_progress_bar_reads_fairseq_lines():
-    assert reproduce.progress_of(TRAIN_OUT.splitlines()[0]) == ("train", 2, 6.886)
-    valid = ("2026-11-23 06:26:07 | INFO | valid | epoch 001 | valid on 'valid' subset | "
-             "loss 4.819 | ppl 28.2 | wps 1 | wpb 64 | bsz 2 | num_updates 40")
-    assert reproduce.progress_of(valid) == ("valid", 40, 4.819)
-    assert reproduce.progress_of("| train | epoch 001 | loss 6.935") is None
-
-
 def test_missing_data_names_the_prep_script(tmp_path, capsys):
     rc = reproduce.main(["--table", "6", "--data-dir", str(tmp_path), "--results-dir",
                          str(tmp_path / "res"), "--no-tables"])
@@ -278,7 +282,7 @@ def _scaled(table, row, rid, value, seed=1, cost=None):
     return {"table": table, "row": row, "row_id": rid, "dataset": "pydoc-chars", "value": value,
             "seed": seed, "scale": "cpu", "data": "/d/pydoc-chars", "run_relative_cost": cost,
             "test_split": {"bytes": 23309}, "train_tokens_per_s": 1000.0, "eval_wall_s": 5.0,
-            "finished": "2026-11-23 14:00:00 UTC", "machine": {"cpu": "test", "cpus": 2},
+            "finished": "2026-11-23 14:00:00 UTC", "machine": {"cpu_model": "test", "cpu_count": 2},
             "train": {"updates": 500, "max_update": 500, "wall_s": 60.0, "layers": 4,
                       "heads": 4, "embed_dim": 64, "segment": 128, "tokens_per_update": 1024,
                       "factor": 4, "cost": {"windows": [2, 128]}}}

@@ -1,40 +1,21 @@
 """transformer_xl_mswa: the invariants of issue 3 on tiny fp32 models (no CLI here)."""
 
-import argparse
 import math
 
 import pytest
 import torch
-from conftest import FakeTask
-from omegaconf import OmegaConf
+from conftest import XL_WORDS, tiny_xl_model
 
-from fairseq_mswa.models.transformer_xl_mswa import (
-    TransformerXLMSWAConfig,
-    TransformerXLMSWALanguageModel,
-    memory_lengths,
-    transformer_xl_mswa_tiny,
-)
+from fairseq_mswa.models.transformer_xl_mswa import memory_lengths
 from fairseq_mswa.modules.relative_positions import sinusoid_table
 from fairseq_mswa.modules.xl_attention import RelMultiheadWindowAttention
 from fairseq_mswa.schedule import ScheduleError, build_schedule
 from fairseq_mswa.stream import StreamState
 
-VOCAB = 23
+VOCAB = XL_WORDS
 
 
-def build(seed=0, **overrides):
-    cfg = OmegaConf.structured(TransformerXLMSWAConfig(tokens_per_sample=32, max_target_positions=32))
-    preset = argparse.Namespace()
-    transformer_xl_mswa_tiny(preset)
-    for k, v in {**vars(preset), **overrides}.items():
-        cfg[k] = v
-    torch.manual_seed(seed)
-    model = TransformerXLMSWALanguageModel.build_model(cfg, FakeTask(VOCAB)).eval()
-    with torch.no_grad():  # break the symmetry of zero-initialised biases
-        for name, p in model.named_parameters():
-            if name.endswith(("u_bias", "v_bias")):
-                p.normal_(0, 0.5)
-    return model
+build = tiny_xl_model
 
 
 def stream_logprobs(model, tokens, seg, key="test"):
