@@ -166,16 +166,12 @@ def atomic_dir(final: Path) -> Iterator[Path]:
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """``fairseq_mswa.run_utils.write_json_atomic`` (the package's one atomic write), imported
+    when first needed: importing ``fairseq_mswa`` loads fairseq, which a run that finds its
+    dataset finished, or its input bad, never needs."""
+    from fairseq_mswa.run_utils import write_json_atomic as write
+
+    write(path, obj)
 
 
 # --- download ---------------------------------------------------------------------------------
