@@ -3,6 +3,12 @@
     python -m data_prep.prepare wikitext103 [--archive PATH] [--root data-bin] [--workers N]
     python -m data_prep.prepare enwik8      [--archive PATH] [--root data-bin] [--workers N]
 
+Your own text (``data_prep/text.py``) and the evaluation of any prepared corpus in bits per byte
+(``data_prep/metrics.py``) are commands of this entry point too (``COMMANDS``)::
+
+    python -m data_prep.prepare text --name NAME --train F --valid F --test F [--spm-vocab N | --bytes]
+    python -m data_prep.prepare bpb ROOT/NAME [--eval-log LOG]
+
 Layout under ``--root`` (default ``data-bin``)::
 
     downloads/wikitext-103-v1.zip     verified archive (``.part`` while downloading; resumable)
@@ -37,6 +43,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import importlib
 import json
 import os
 import shutil
@@ -166,16 +173,63 @@ def atomic_dir(final: Path) -> Iterator[Path]:
 
 
 def write_json_atomic(path: Path, obj) -> None:
+    """``fairseq_mswa.run_utils.write_json_atomic`` (the package's one atomic write), imported
+    when first needed: importing ``fairseq_mswa`` loads fairseq, which a run that finds its
+    dataset finished, or its input bad, never needs."""
+    from fairseq_mswa.run_utils import write_json_atomic as write
+
+    write(path, obj)
+
+
+TEXT_SNIFF_BYTES = 8192  # a NUL byte in the first 8 KiB marks a binary file (as git and grep do)
+
+
+def inspect_text_file(path: Path, label: str, fix: Optional[str] = None) -> Dict:
+    """Check that ``path`` is a non-empty UTF-8 text file and measure it in one pass:
+    ``{"sha256", "bytes", "lines", "words", "ends_with_newline"}`` (``lines``: newline-separated
+    lines, a last line without its newline included, as fairseq reads them; ``words``:
+    whitespace-separated words). ``label`` names the file in errors (e.g. ``--train x.txt``);
+    ``fix`` replaces the default advice for a binary or non-UTF-8 file."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    if not path.is_file():
+        raise DataPrepError(f"{label}: no such file" + (" (a folder)" if path.is_dir() else ""))
+    h = hashlib.sha256()
+    size = lines = words = 0
+    has_text, last = False, b""
+    with open(path, "rb") as f:
+        head = f.read(TEXT_SNIFF_BYTES)
+        f.seek(0)
+        nul = head.find(b"\0")
+        if nul >= 0:
+            raise DataPrepError(f"{label} looks binary (a NUL byte at offset {nul}): "
+                                + (fix or "pass a UTF-8 text file"))
+        for raw in f:
+            nul = raw.find(b"\0")
+            if nul >= 0:
+                raise DataPrepError(f"{label} looks binary (a NUL byte at offset {size + nul}): "
+                                    + (fix or "pass a UTF-8 text file"))
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                bad = raw[e.start:e.start + 4]
+                raise DataPrepError(
+                    f"{label} is not UTF-8 (byte offset {size + e.start}: {bad!r}): "
+                    + (fix or f"convert it, e.g. iconv -f latin1 -t utf-8 {path} > {path}.utf8")
+                ) from None
+            h.update(raw)
+            size += len(raw)
+            lines += 1
+            n = len(text.split())
+            words += n
+            has_text = has_text or n > 0
+            last = raw
+    if size == 0:
+        raise DataPrepError(f"{label} is empty: " + (fix or "pass a file with text"))
+    if not has_text:
+        raise DataPrepError(f"{label} has no text (only whitespace): "
+                            + (fix or "pass a file with text"))
+    return {"sha256": h.hexdigest(), "bytes": size, "lines": lines, "words": words,
+            "ends_with_newline": last.endswith(b"\n")}
 
 
 # --- download ---------------------------------------------------------------------------------
@@ -319,10 +373,13 @@ def write_tokens(data: bytes, path: Path, lines_per_write: int = 20000) -> None:
 
 def enwik8_split(data: bytes, heldout: int = ENWIK8_HELDOUT_BYTES) -> Dict[str, bytes]:
     """awd-lstm-lm's split: test = last ``heldout`` bytes, valid = the ``heldout`` before."""
+    if not data:
+        raise DataPrepError("the corpus is empty (0 bytes): the archive is damaged or not the "
+                            "expected one; download it again or pass a good copy with --archive")
     if len(data) <= 2 * heldout:
         raise DataPrepError(
-            f"enwik8 data has {len(data):,} bytes, too few for two held-out splits of "
-            f"{heldout:,} bytes"
+            f"the corpus has {len(data):,} bytes, too few for two held-out splits of "
+            f"{heldout:,} bytes: pass a smaller --heldout-bytes"
         )
     return {
         "train": data[: -2 * heldout],
@@ -419,6 +476,10 @@ def prepare_wikitext103(root: Path, archive: Optional[Path] = None, workers: int
         log(f"extracting {zpath} -> {text}")
         with atomic_dir(text) as tmp:
             extract_members(zpath, WIKITEXT103_MEMBERS, tmp)
+            for member, out_name in WIKITEXT103_MEMBERS.items():
+                inspect_text_file(tmp / out_name, f"{zpath} member {member}",
+                                  fix="the archive is damaged or not Wikitext-103: download it "
+                                      "again (or pass a good copy with --archive PATH)")
             write_json_atomic(tmp / MARKER, {"archive_sha256": (expect_sha256 or spec.sha256).lower()})
     with atomic_dir(dest) as tmp:
         run_preprocess({s: text / f"wiki.{s}.tokens" for s in SPLITS}, tmp, workers, log)
@@ -565,10 +626,21 @@ def prepare_enwik8(root: Path, archive: Optional[Path] = None, workers: int = 1,
 
 # --- CLI --------------------------------------------------------------------------------------
 
+# Commands with options of their own, each implemented in its own module: name -> (module with
+# ``main(argv) -> None``, one-line summary). ``main`` below hands them their arguments and reports
+# their errors like the datasets' own.
+COMMANDS = {
+    "text": ("data_prep.text", "your own corpus: sentencepiece (or bytes) + fairseq-preprocess"),
+    "bpb": ("data_prep.metrics", "bits per byte and per-word perplexity from fairseq-eval-lm"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m data_prep.prepare",
         description="Download, verify, split and binarize Wikitext-103 or enwik8 for fairseq.",
+        epilog="more commands (python -m data_prep.prepare COMMAND --help): "
+               + "; ".join(f"{name}: {summary}" for name, (_, summary) in COMMANDS.items()),
     )
     p.add_argument("dataset", choices=("wikitext103", "enwik8"))
     p.add_argument("--root", default="data-bin", type=Path,
@@ -591,10 +663,14 @@ def _terminate(signum, frame):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = COMMANDS.get(argv[0]) if argv else None
+    args = None if command else build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)  # kill: clean up like Ctrl-C
     try:
-        if args.dataset == "wikitext103":
+        if command:
+            importlib.import_module(command[0]).main(argv[1:])
+        elif args.dataset == "wikitext103":
             prepare_wikitext103(args.root, args.archive, args.workers, args.expect_sha256)
         else:
             prepare_enwik8(args.root, args.archive, args.workers, args.expect_sha256,
@@ -610,4 +686,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the module by its package name: the errors that data_prep.text & co. raise are
+    # data_prep.prepare's classes, not this __main__ copy's
+    from data_prep import prepare
+
+    sys.exit(prepare.main())

@@ -271,3 +271,43 @@ def test_unseen_heldout_symbols_are_counted(enwik8_prepared):
         "valid": {"values": [ord("z"), 0xFF], "occurrences": 4},
         "test": {"values": [], "occurrences": 0},
     }
+
+
+# --- bad inputs: one line naming the fix, nothing kept ------------------------------------------
+
+BAD_MEMBERS = {  # kind -> (member content, expected error)
+    "empty": (b"", r"member wikitext-103/wiki.train.tokens is empty: the archive is damaged"),
+    "binary": (b"\x00\x01\x02\xff" * 50, r"looks binary \(a NUL byte at offset 0\): the archive"),
+    "non-utf8": (" caf\u00e9 au lait . \n".encode("latin-1"),
+                 r"is not UTF-8 \(byte offset 4: .*download it again"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_MEMBERS))
+def test_wikitext103_bad_member_refused_before_binarizing(tmp_path, kind):
+    """An empty, binary or non-UTF-8 text in the archive: a DataPrepError naming the fix before
+    fairseq-preprocess runs, and no extracted text is kept as finished."""
+    bad, match = BAD_MEMBERS[kind]
+    ok = b" the cat sat . \n"
+    sha = _zip(tmp_path / "wt.zip", {"wikitext-103/wiki.train.tokens": bad,
+                                     "wikitext-103/wiki.valid.tokens": ok,
+                                     "wikitext-103/wiki.test.tokens": ok})
+    root = tmp_path / "root"
+    with pytest.raises(DataPrepError, match=match) as e:
+        prepare.prepare_wikitext103(root, tmp_path / "wt.zip", expect_sha256=sha,
+                                    log=lambda m: None)
+    assert "\n" not in str(e.value)
+    assert not (root / "text" / "wikitext-103").exists() and not (root / "wikitext-103").exists()
+    assert _leftovers(root) == []
+
+
+def test_enwik8_empty_refused_through_cli(tmp_path):
+    sha = _zip(tmp_path / "enwik8.zip", {"enwik8": b""})
+    root = tmp_path / "root"
+    proc = subprocess.run([sys.executable, "-m", "data_prep.prepare", "enwik8", "--root", str(root),
+                           "--archive", str(tmp_path / "enwik8.zip"), "--expect-sha256", sha],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(err) == 1, proc.stderr
+    assert "is empty (0 bytes)" in err[0] and "download it again" in err[0]
+    assert [p for p in root.rglob("*") if p.is_file()] == []

@@ -42,7 +42,8 @@ from ..modules.local_attention import LocalAttention
 from ..modules.norms import RMSNorm
 from ..schedule import ScheduleError, WindowSchedule
 from .decoding import CachedDecoderMixin
-from .lm_io import LanguageModelIOConfig, build_input_embedding, build_output, check_hub_architecture
+from .hub import HubMixin
+from .lm_io import LanguageModelIOConfig, build_input_embedding, build_output
 from .window_config import schedule_from_config
 
 LAYER_KINDS = {"L": "linear attention", "A": "local (window) softmax attention"}
@@ -232,21 +233,13 @@ class LinearMSWADecoder(CachedDecoderMixin, FairseqIncrementalDecoder):
 
 
 @register_model("linear_mswa", dataclass=LinearMSWAConfig)
-class LinearMSWALanguageModel(FairseqLanguageModel):
+class LinearMSWALanguageModel(HubMixin, FairseqLanguageModel):
     """Hybrid linear attention + (M)SWA language model (the MSWA paper's Table 3)."""
 
     @classmethod
     def build_model(cls, cfg, task):
         embed_tokens = build_input_embedding(cfg, task.source_dictionary)
         return cls(LinearMSWADecoder(cfg, task.target_dictionary, embed_tokens))
-
-    @classmethod
-    def from_pretrained(cls, model_name_or_path, checkpoint_file="model.pt",
-                        data_name_or_path=".", **kwargs):
-        """fairseq's hub interface (``.sample("prompt", sampling=True, sampling_topk=10)``), refusing
-        a checkpoint of another architecture with a message that names the right class."""
-        hub = super().from_pretrained(model_name_or_path, checkpoint_file, data_name_or_path, **kwargs)
-        return check_hub_architecture(hub, cls, "linear_mswa", checkpoint_file)
 
     @property
     def layer_pattern(self) -> str:

@@ -85,14 +85,3 @@ def build_output(cfg, dictionary, embed_tokens) -> Tuple[Optional[AdaptiveSoftma
         nn.init.normal_(projection.weight, mean=0, std=dim ** -0.5)
     return None, projection
 
-
-def check_hub_architecture(hub, cls, arch: str, checkpoint_file: str):
-    """``hub`` (from ``from_pretrained``) if every model is a ``cls``, else a ValueError naming the
-    class whose ``from_pretrained`` loads the checkpoint."""
-    for model in hub.models:
-        if not isinstance(model, cls):
-            raise ValueError(
-                f"{checkpoint_file} holds a {type(model).__name__} model, not {arch}: load it with "
-                f"{type(model).__name__}.from_pretrained"
-            )
-    return hub

@@ -50,7 +50,8 @@ from ..modules.xl_attention import RelMultiheadWindowAttention, XLDecodeCache
 from ..schedule import ScheduleError, WindowSchedule
 from ..stream import StreamMemory
 from .decoding import CachedDecoderMixin
-from .lm_io import LanguageModelIOConfig, build_input_embedding, build_output, check_hub_architecture
+from .hub import HubMixin
+from .lm_io import LanguageModelIOConfig, build_input_embedding, build_output
 from .window_config import schedule_from_config
 
 
@@ -227,7 +228,7 @@ class TransformerXLMSWADecoder(CachedDecoderMixin, FairseqIncrementalDecoder):
 
 
 @register_model("transformer_xl_mswa", dataclass=TransformerXLMSWAConfig)
-class TransformerXLMSWALanguageModel(FairseqLanguageModel):
+class TransformerXLMSWALanguageModel(HubMixin, FairseqLanguageModel):
     """Transformer-XL language model with multi-scale window attention."""
 
     @classmethod
@@ -237,14 +238,6 @@ class TransformerXLMSWALanguageModel(FairseqLanguageModel):
 
     def forward(self, src_tokens, src_lengths=None, stream=None, **kwargs):
         return self.decoder(src_tokens, stream=stream, **kwargs)
-
-    @classmethod
-    def from_pretrained(cls, model_name_or_path, checkpoint_file="model.pt",
-                        data_name_or_path=".", **kwargs):
-        """fairseq's hub interface (``.sample("prompt", sampling=True, sampling_topk=10)``), refusing
-        a checkpoint of another architecture with a message that names the right class."""
-        hub = super().from_pretrained(model_name_or_path, checkpoint_file, data_name_or_path, **kwargs)
-        return check_hub_architecture(hub, cls, "transformer_xl_mswa", checkpoint_file)
 
     @property
     def schedule(self) -> WindowSchedule:
