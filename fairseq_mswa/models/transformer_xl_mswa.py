@@ -139,6 +139,7 @@ class TransformerXLMSWADecoder(CachedDecoderMixin, FairseqIncrementalDecoder):
         self.schedule = schedule_from_config(cfg, cfg.decoder_layers, cfg.decoder_attention_heads)
         self.mem_lens = memory_lengths(self.schedule, cfg.mem_len, cfg.tokens_per_sample)
         # per stream set (split): memories between batches; detached, not in the state dict
+        # (the mswa_lm task saves the training streams' memories as checkpoint extra state)
         self.stream_memories = {}
         dim = cfg.decoder_embed_dim
         self.embed_tokens = embed_tokens
@@ -172,6 +173,11 @@ class TransformerXLMSWADecoder(CachedDecoderMixin, FairseqIncrementalDecoder):
         if not features_only and self.adaptive_softmax is None:
             x = self.output_projection(x)
         return x, {"attn": [None], "mems": new_mems}
+
+    def memory_layout(self) -> Dict[str, object]:
+        """What the stream memories' shapes depend on: a saved memory fits only this layout."""
+        return {"mem_lens": list(self.mem_lens), "sink_tokens": int(self.schedule.sink_tokens),
+                "dim": int(self.cfg.decoder_embed_dim)}
 
     def extract_features(self, src_tokens: Tensor, mems: Optional[List[Tensor]] = None):
         """Run the layers; ``mems`` holds per layer the (sinks +) memory states that entered it.
