@@ -169,3 +169,47 @@ def test_resume_with_another_stream_layout_warns_and_starts_empty(tiny_corpus, t
     assert "training continues from empty memories" in log
     assert "restored the stream memories" not in log
     assert max(losses(log)) == K + 2
+
+
+# a fairseq-train whose copy of checkpoint_last.pt in its second save stops halfway (as a kill
+# during the copy would leave it) and waits to be killed
+_COPY_INTERRUPTED = r'''
+import os, sys, time
+real, copies = os.sendfile, []
+def sendfile(out_fd, in_fd, offset, count):
+    name = os.path.basename(os.readlink(f"/proc/self/fd/{out_fd}"))
+    if name.startswith("checkpoint_last.pt") and offset == 0:
+        copies.append(name)
+        if len(copies) == 2:
+            real(out_fd, in_fd, 0, os.fstat(in_fd).st_size // 2)
+            print("COPY INTERRUPTED", flush=True)
+            time.sleep(600)
+    return real(out_fd, in_fd, offset, count)
+os.sendfile = sendfile
+from fairseq_cli.train import cli_main
+sys.argv[0] = "fairseq-train"
+cli_main()
+'''
+
+
+def test_sigkill_while_checkpoint_last_is_written_keeps_the_previous_one(tiny_corpus, tmp_path):
+    """fairseq copies checkpoint_last.pt from the save's first file; the plugin makes that copy
+    atomic, so a kill halfway leaves the previous checkpoint_last.pt, and training resumes."""
+    save = tmp_path / "run"
+    args = tiny_train_args(tiny_corpus, save, "--save-interval-updates", 2, updates=6)
+    proc = subprocess.Popen([*cli_command("train")[:1], "-c", _COPY_INTERRUPTED, *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=CLI_ENV)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "COPY INTERRUPTED" in line:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "".join(seen[-20:])
+    state = torch.load(save / "checkpoint_last.pt", map_location="cpu")  # whole
+    assert state["optimizer_history"][-1]["num_updates"] == 2  # the previous save's
+    assert (save / "checkpoint_1_4.pt").exists()  # the save that was interrupted had begun
+    log = run_cli("train", *args)
+    assert min(losses(log)) == 3 and max(losses(log)) == 6

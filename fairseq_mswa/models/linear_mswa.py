@@ -42,8 +42,14 @@ from ..modules.local_attention import LocalAttention
 from ..modules.norms import RMSNorm
 from ..schedule import ScheduleError, WindowSchedule
 from .decoding import CachedDecoderMixin
-from .lm_io import LanguageModelIOConfig, build_input_embedding, build_output, check_hub_architecture
-from .window_config import schedule_from_config
+from .lm_io import (
+    CheckpointFitMixin,
+    LanguageModelIOConfig,
+    build_input_embedding,
+    build_output,
+    check_hub_architecture,
+)
+from .window_config import check_backend, schedule_from_config
 
 LAYER_KINDS = {"L": "linear attention", "A": "local (window) softmax attention"}
 DEFAULT_LAYER_PATTERN = "LAA"
@@ -232,11 +238,12 @@ class LinearMSWADecoder(CachedDecoderMixin, FairseqIncrementalDecoder):
 
 
 @register_model("linear_mswa", dataclass=LinearMSWAConfig)
-class LinearMSWALanguageModel(FairseqLanguageModel):
+class LinearMSWALanguageModel(CheckpointFitMixin, FairseqLanguageModel):
     """Hybrid linear attention + (M)SWA language model (the MSWA paper's Table 3)."""
 
     @classmethod
     def build_model(cls, cfg, task):
+        check_backend(cfg, "linear_mswa", position_term=False)
         embed_tokens = build_input_embedding(cfg, task.source_dictionary)
         return cls(LinearMSWADecoder(cfg, task.target_dictionary, embed_tokens))
 

@@ -50,8 +50,14 @@ from ..modules.xl_attention import RelMultiheadWindowAttention, XLDecodeCache
 from ..schedule import ScheduleError, WindowSchedule
 from ..stream import StreamMemory
 from .decoding import CachedDecoderMixin
-from .lm_io import LanguageModelIOConfig, build_input_embedding, build_output, check_hub_architecture
-from .window_config import schedule_from_config
+from .lm_io import (
+    CheckpointFitMixin,
+    LanguageModelIOConfig,
+    build_input_embedding,
+    build_output,
+    check_hub_architecture,
+)
+from .window_config import check_backend, schedule_from_config
 
 
 @dataclass
@@ -233,11 +239,12 @@ class TransformerXLMSWADecoder(CachedDecoderMixin, FairseqIncrementalDecoder):
 
 
 @register_model("transformer_xl_mswa", dataclass=TransformerXLMSWAConfig)
-class TransformerXLMSWALanguageModel(FairseqLanguageModel):
+class TransformerXLMSWALanguageModel(CheckpointFitMixin, FairseqLanguageModel):
     """Transformer-XL language model with multi-scale window attention."""
 
     @classmethod
     def build_model(cls, cfg, task):
+        check_backend(cfg, "transformer_xl_mswa", position_term=True)
         embed_tokens = build_input_embedding(cfg, task.source_dictionary)
         return cls(TransformerXLMSWADecoder(cfg, task.target_dictionary, embed_tokens))
 
