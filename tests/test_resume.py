@@ -140,8 +140,9 @@ def test_sigkill_after_a_checkpoint_then_resume_with_update_freq_2(tiny_corpus, 
     assert_same_run(log, save, ref)
 
 
-def test_two_gloo_ranks_resume_exactly(tiny_corpus, tmp_path_factory, tmp_path):
-    """(c) each rank's memory is gathered to rank 0 at a save and given back to it on resume."""
+def test_two_gloo_ranks_resume_exactly(tiny_corpus, tmp_path):
+    """(c) each rank's memory is gathered to rank 0 at a save and given back to it on resume: the
+    uninterrupted 2-rank run's checkpoint at update K, resumed, gives that run's later updates."""
 
     def two_ranks(save, updates):
         return run_ranks("train", 2, lambda r, port: tiny_train_args(
@@ -150,12 +151,13 @@ def test_two_gloo_ranks_resume_exactly(tiny_corpus, tmp_path_factory, tmp_path):
 
     ref_dir = tmp_path / "reference"
     ref = (two_ranks(ref_dir, N), ref_dir)
-    save = tmp_path / "run"
-    two_ranks(save, K)
-    saved = torch.load(save / "checkpoint_last.pt", map_location="cpu")["extra_state"][TASK_STATE]
-    ranks = saved["stream_memory"]["ranks"]
+    saved = torch.load(ref_dir / f"checkpoint_1_{K}.pt", map_location="cpu")
+    ranks = saved["extra_state"][TASK_STATE]["stream_memory"]["ranks"]
     assert len(ranks) == 2 and all(r is not None and r["next_start"] == K * 24 for r in ranks)
     assert not torch.equal(ranks[0]["mems"][1], ranks[1]["mems"][1])  # each rank its own streams
+    save = tmp_path / "run"
+    save.mkdir()
+    shutil.copy(ref_dir / f"checkpoint_1_{K}.pt", save / "checkpoint_last.pt")
     assert_same_run(two_ranks(save, N), save, ref)
 
 

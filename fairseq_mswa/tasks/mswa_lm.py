@@ -58,6 +58,7 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
 
+from ..models.window_config import check_backend
 from ..stream import StreamMemory, StreamState, memory_layout_of, stream_memories_of
 
 logger = logging.getLogger(__name__)
@@ -370,11 +371,25 @@ class MSWALanguageModelingTask(FairseqTask):
             logger.info("restored the stream memories of rank %d (next column %s)", rank,
                         ranks[rank]["next_start"])
 
+    def build_model(self, cfg, from_checkpoint=False):
+        if not from_checkpoint and str(getattr(cfg, "attn_backend", "")) == "flex":  # training
+            check_backend(cfg, str(getattr(cfg, "_name", "the model")), position_term=False,
+                          training=True)
+        return super().build_model(cfg, from_checkpoint)
+
     def build_dataset_for_inference(self, src_tokens, src_lengths, **kwargs):
         """Prompts for generation (fairseq-interactive, the hub's ``sample``), as in fairseq's
         ``language_modeling``: each prompt without its trailing ``</s>``, ``</s>`` prepended as the
-        start symbol; generation then continues it with the model's incremental decoding."""
-        eos, pad = self.dictionary.eos(), self.dictionary.pad()
+        start symbol; generation then continues it with the model's incremental decoding. A prompt
+        whose every word is outside the dictionary (all ``<unk>``) is refused."""
+        eos, pad, unk = self.dictionary.eos(), self.dictionary.pad(), self.dictionary.unk()
+        for i, tokens in enumerate(src_tokens):
+            words = tokens[tokens.ne(eos) & tokens.ne(pad)]
+            if len(words) and bool(words.eq(unk).all()):
+                raise ValueError(
+                    f"prompt {i + 1}: none of its {len(words)} words is in the dictionary (all "
+                    "would be <unk>): write the prompt with words of the training data (dict.txt)"
+                )
         prompts = StripTokenDataset(ListDataset(src_tokens, src_lengths), eos)
         return NestedDictionaryDataset(
             {
