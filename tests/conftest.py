@@ -168,3 +168,67 @@ def tiny_corpus(tmp_path_factory):
         str(root / "bin"), "--workers", "1",
     ], timeout=120)
     return root / "bin"
+
+
+# --- tiny fairseq-train runs (resume and bad-input tests) --------------------------------------
+
+# a tiny model, fp32 on CPU, every update logged as JSON (``run_utils.parse_train_inner``)
+TINY_ARCHS = {"xl": "transformer_xl_mswa_tiny", "linear": "linear_mswa_tiny"}
+
+
+def tiny_train_args(data, save_dir, *extra, model: str = "xl", updates: int = 8) -> list:
+    """Arguments of ``fairseq-train`` (``mswa_lm``, segments of 24 tokens, 4 streams) for a tiny
+    model; ``extra`` flags come last and win."""
+    return [data, "--user-dir", USER_DIR, "--task", "mswa_lm", "--arch", TINY_ARCHS[model],
+            "--optimizer", "adam", "--lr", "2e-3", "--cpu", "--seed", "3", "--log-format", "json",
+            "--log-interval", "1", "--no-epoch-checkpoints", "--tokens-per-sample", "24",
+            "--batch-size", "4", "--max-update", str(updates), "--save-dir", save_dir, *extra]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def gloo_rank_args(world: int, rank: int, port: int) -> list:
+    """Flags of rank ``rank`` of a ``world``-process CPU (gloo) fairseq-train, one process per rank
+    (fairseq 0.12 on CPU needs --distributed-no-spawn and a tcp:// init method)."""
+    return ["--distributed-world-size", world, "--distributed-rank", rank,
+            "--distributed-init-method", f"tcp://127.0.0.1:{port}", "--distributed-no-spawn",
+            "--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp"]
+
+
+def run_ranks(tool: str, world: int, args_of_rank, timeout: float = 300) -> list:
+    """Run ``world`` processes of a fairseq CLI, rank r with ``args_of_rank(r, port)``; returns
+    their outputs (rank 0 first) or fails with the end of both logs."""
+    port = free_port()
+    procs = [subprocess.Popen(cli_command(tool, *args_of_rank(r, port)), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, env=CLI_ENV)
+             for r in range(world)]
+    logs = [p.communicate(timeout=timeout)[0] for p in procs]
+    if any(p.returncode != 0 for p in procs):
+        raise AssertionError("\n".join(f"rank {r} (exit {p.returncode}):\n{log[-3000:]}"
+                                       for r, (p, log) in enumerate(zip(procs, logs))))
+    return logs
+
+
+def run_cli_failing(tool: str, *args, timeout: float = 300, input=None):
+    """Run a fairseq CLI that must fail: returns (exit status, last line of stderr)."""
+    cmd = cli_command(tool, *args)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input,
+                          env=CLI_ENV)
+    if proc.returncode == 0:
+        raise AssertionError(f"{' '.join(cmd)} succeeded, expected an error:\n"
+                             f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    return proc.returncode, (lines[-1] if lines else "")
+
+
+def checkpoint_params(path):
+    """The model parameters saved in a fairseq checkpoint (name -> tensor)."""
+    import torch
+
+    return torch.load(path, map_location="cpu")["model"]

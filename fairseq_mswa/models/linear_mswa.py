@@ -43,8 +43,8 @@ from ..modules.norms import RMSNorm
 from ..schedule import ScheduleError, WindowSchedule
 from .decoding import CachedDecoderMixin
 from .hub import HubMixin
-from .lm_io import LanguageModelIOConfig, build_input_embedding, build_output
-from .window_config import schedule_from_config
+from .lm_io import CheckpointFitMixin, LanguageModelIOConfig, build_input_embedding, build_output
+from .window_config import check_backend, schedule_from_config
 
 LAYER_KINDS = {"L": "linear attention", "A": "local (window) softmax attention"}
 DEFAULT_LAYER_PATTERN = "LAA"
@@ -233,11 +233,12 @@ class LinearMSWADecoder(CachedDecoderMixin, FairseqIncrementalDecoder):
 
 
 @register_model("linear_mswa", dataclass=LinearMSWAConfig)
-class LinearMSWALanguageModel(HubMixin, FairseqLanguageModel):
+class LinearMSWALanguageModel(HubMixin, CheckpointFitMixin, FairseqLanguageModel):
     """Hybrid linear attention + (M)SWA language model (the MSWA paper's Table 3)."""
 
     @classmethod
     def build_model(cls, cfg, task):
+        check_backend(cfg, "linear_mswa", position_term=False)
         embed_tokens = build_input_embedding(cfg, task.source_dictionary)
         return cls(LinearMSWADecoder(cfg, task.target_dictionary, embed_tokens))
 

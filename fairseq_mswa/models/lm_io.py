@@ -85,3 +85,28 @@ def build_output(cfg, dictionary, embed_tokens) -> Tuple[Optional[AdaptiveSoftma
         nn.init.normal_(projection.weight, mean=0, std=dim ** -0.5)
     return None, projection
 
+
+class CheckpointFitMixin:
+    """``load_state_dict`` that first checks that the checkpoint's vocabulary-sized tensors fit
+    the dictionary the model was built with (fairseq builds the model from the task's data
+    directory, then loads the checkpoint): one line naming the fix instead of torch's list of
+    size mismatches."""
+
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        check_dictionary_fits(self, state_dict)
+        return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
+
+
+def check_dictionary_fits(model, state_dict) -> None:
+    own = model.state_dict()
+    vocab_tensors = ("decoder.embed_tokens.", "decoder.output_projection.", "decoder.adaptive_softmax.")
+    for name, saved in state_dict.items():
+        mine = own.get(name)
+        if (mine is not None and name.startswith(vocab_tensors) and saved.dim() >= 1
+                and saved.shape[0] != mine.shape[0]):
+            raise ValueError(
+                f"the checkpoint was trained with another dictionary: its {name} has "
+                f"{saved.shape[0]} rows, this data directory's dict.txt gives {mine.shape[0]} "
+                f"({len(model.decoder.dictionary)} symbols): pass the data directory (dict.txt) "
+                "the model was trained with"
+            )

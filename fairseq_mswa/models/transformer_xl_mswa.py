@@ -51,8 +51,8 @@ from ..schedule import ScheduleError, WindowSchedule
 from ..stream import StreamMemory
 from .decoding import CachedDecoderMixin
 from .hub import HubMixin
-from .lm_io import LanguageModelIOConfig, build_input_embedding, build_output
-from .window_config import schedule_from_config
+from .lm_io import CheckpointFitMixin, LanguageModelIOConfig, build_input_embedding, build_output
+from .window_config import check_backend, schedule_from_config
 
 
 @dataclass
@@ -140,6 +140,7 @@ class TransformerXLMSWADecoder(CachedDecoderMixin, FairseqIncrementalDecoder):
         self.schedule = schedule_from_config(cfg, cfg.decoder_layers, cfg.decoder_attention_heads)
         self.mem_lens = memory_lengths(self.schedule, cfg.mem_len, cfg.tokens_per_sample)
         # per stream set (split): memories between batches; detached, not in the state dict
+        # (the mswa_lm task saves the training streams' memories as checkpoint extra state)
         self.stream_memories = {}
         dim = cfg.decoder_embed_dim
         self.embed_tokens = embed_tokens
@@ -173,6 +174,11 @@ class TransformerXLMSWADecoder(CachedDecoderMixin, FairseqIncrementalDecoder):
         if not features_only and self.adaptive_softmax is None:
             x = self.output_projection(x)
         return x, {"attn": [None], "mems": new_mems}
+
+    def memory_layout(self) -> Dict[str, object]:
+        """What the stream memories' shapes depend on: a saved memory fits only this layout."""
+        return {"mem_lens": list(self.mem_lens), "sink_tokens": int(self.schedule.sink_tokens),
+                "dim": int(self.cfg.decoder_embed_dim)}
 
     def extract_features(self, src_tokens: Tensor, mems: Optional[List[Tensor]] = None):
         """Run the layers; ``mems`` holds per layer the (sinks +) memory states that entered it.
@@ -228,11 +234,12 @@ class TransformerXLMSWADecoder(CachedDecoderMixin, FairseqIncrementalDecoder):
 
 
 @register_model("transformer_xl_mswa", dataclass=TransformerXLMSWAConfig)
-class TransformerXLMSWALanguageModel(HubMixin, FairseqLanguageModel):
+class TransformerXLMSWALanguageModel(HubMixin, CheckpointFitMixin, FairseqLanguageModel):
     """Transformer-XL language model with multi-scale window attention."""
 
     @classmethod
     def build_model(cls, cfg, task):
+        check_backend(cfg, "transformer_xl_mswa", position_term=True)
         embed_tokens = build_input_embedding(cfg, task.source_dictionary)
         return cls(TransformerXLMSWADecoder(cfg, task.target_dictionary, embed_tokens))
 

@@ -98,3 +98,35 @@ def schedule_from_config(cfg, num_layers: int, num_heads: int) -> WindowSchedule
         full_attn_layers=parse_layer_list(cfg.full_attn_layers),
         sink_tokens=int(cfg.sink_tokens),
     )
+
+
+def check_backend(cfg, model: str, position_term: bool, training: bool = False) -> None:
+    """Refuse at build an ``--attn-backend`` that cannot serve this model on this machine (the
+    kernels would fail at the first batch, after fairseq-train has started writing); the
+    message names a backend that can. Input-dependent limits (dtype, head size) stay with the
+    kernels' own check."""
+    import torch
+
+    from ..kernels import flash, flex
+
+    backend, sinks = str(cfg.attn_backend), int(cfg.sink_tokens)
+    reason = None
+    if backend == "flash":
+        if position_term:
+            reason = (f"{model} adds a relative position term to the scores, which flash-attn "
+                      "cannot: use --attn-backend flex (GPU) or blocked, or auto")
+        elif sinks:
+            reason = ("flash-attn has no sink tokens: use --attn-backend flex (GPU) or blocked, or "
+                      "auto, or --sink-tokens 0")
+        elif not torch.cuda.is_available():
+            reason = "flash-attn needs a CUDA GPU and none is visible: use --attn-backend auto"
+        elif flash._import_flash() is None:
+            reason = "flash-attn is not installed: pip install flash-attn, or use --attn-backend auto"
+    elif backend == "flex":
+        if flex._IMPORT_ERROR:
+            reason = f"{flex._IMPORT_ERROR}: use --attn-backend auto"
+        elif training and not torch.cuda.is_available():
+            reason = ("FlexAttention has no backward on CPU (it serves CPU inference only): train "
+                      "with --attn-backend auto (or blocked)")
+    if reason is not None:
+        raise ScheduleError(f"--attn-backend {backend}: {reason}")

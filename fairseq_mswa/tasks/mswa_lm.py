@@ -18,8 +18,16 @@ validation never disturbs the training streams. Re-running the same batch (OOM r
 same memory again. The trainer's dummy batch (``ignore_grad``) runs without memory and leaves it
 untouched.
 
-Resuming from a checkpoint: fairseq restores the position in the epoch; memories are not
-checkpointed, so the first batch after a resume starts from an empty memory (logged once).
+Resuming from a checkpoint: fairseq restores the position in the epoch, and the task restores the
+training streams' memories, saved with the checkpoint as extra state (fairseq's task hooks
+``get_checkpoint_dict`` / ``set_checkpoint_dict``; not in the model's state dict, so fairseq-eval-lm
+and the hub load checkpoints as before): what ``StreamMemory`` keeps, the memory before the last
+batch included, of every rank. A resumed run reproduces the uninterrupted one. With several ranks
+the memories are gathered to rank 0 at the end of every update a save can follow (a multiple of
+``--save-interval-updates`` or ``--validate-interval-updates``, ``--max-update``); a save fairseq
+starts at another update (``--stop-time-hours``) keeps rank 0's memory only, and says so. A
+checkpoint resumed with another stream layout (``--batch-size``, ``--tokens-per-sample``, number of
+ranks, data) or memory layout (``--mem-len``, windows) starts from empty memories, with a warning.
 """
 
 import logging
@@ -30,6 +38,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 from fairseq import utils
+from fairseq.distributed import utils as distributed_utils
 
 from fairseq.data import (
     AppendTokenDataset,
@@ -49,7 +58,8 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
 
-from ..stream import StreamState
+from ..models.window_config import check_backend
+from ..stream import StreamMemory, StreamState, memory_layout_of, stream_memories_of
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +84,7 @@ class StreamDataset(FairseqDataset):
         mine = slice(shard_id * rows_per_shard, (shard_id + 1) * rows_per_shard + 1)
         self.row_bounds = bounds[mine]  # rows of this rank: [row_bounds[i], row_bounds[i + 1])
         self.tokens_per_sample = tokens_per_sample
+        self.num_shards = num_shards
         self.pad, self.eos = pad, eos
         self.stream_key = stream_key  # the task names it after the split
         self.source = None  # the indexed dataset `tokens` may view (kept alive with it)
@@ -127,6 +138,11 @@ class StreamDataset(FairseqDataset):
             "target": tgt.contiguous(),
         }
 
+    def layout(self) -> Dict[str, int]:
+        """What the streams' columns mean: a memory saved under another layout does not fit."""
+        return {"tokens": int(len(self.tokens)), "streams_per_rank": len(self.row_bounds) - 1,
+                "ranks": int(self.num_shards), "tokens_per_sample": int(self.tokens_per_sample)}
+
     # the rest of fairseq's FairseqDataset API (batches are fixed: item s is batch s)
     def num_tokens(self, index):
         return (len(self.row_bounds) - 1) * self.tokens_per_sample
@@ -156,6 +172,10 @@ class MSWALanguageModelingConfig(FairseqDataclass):
     data_parallel_rank: Optional[int] = II("distributed_training.distributed_rank")
     data_parallel_size: Optional[int] = II("distributed_training.distributed_world_size")
     dataset_impl: Optional[str] = II("dataset.dataset_impl")
+    # when a checkpoint save can follow an update (the ranks' memories are gathered then)
+    save_interval_updates: int = II("checkpoint.save_interval_updates")
+    validate_interval_updates: int = II("dataset.validate_interval_updates")
+    max_update: int = II("optimization.max_update")
 
 
 @register_task("mswa_lm", dataclass=MSWALanguageModelingConfig)
@@ -165,6 +185,9 @@ class MSWALanguageModelingTask(FairseqTask):
     def __init__(self, cfg: MSWALanguageModelingConfig, dictionary: Dictionary):
         super().__init__(cfg)
         self.dictionary = dictionary
+        self._train_model = None  # the model being trained (its training streams' memories)
+        self._gathered = None  # (rank 0's memory version, every rank's memory) at a save point
+        self._resumed = None  # memories from the checkpoint, loaded at the first training step
 
     @classmethod
     def setup_task(cls, cfg: MSWALanguageModelingConfig, **kwargs):
@@ -213,8 +236,8 @@ class MSWALanguageModelingTask(FairseqTask):
             tokens,
             tokens_per_sample=self.cfg.tokens_per_sample,
             rows_per_shard=batch_size or self._batch_size(split),
-            num_shards=num_shards if num_shards is not None else max(1, self.cfg.data_parallel_size or 1),
-            shard_id=shard_id if shard_id is not None else max(0, self.cfg.data_parallel_rank or 0),
+            num_shards=num_shards if num_shards is not None else self._world(),
+            shard_id=shard_id if shard_id is not None else self._rank(),
             pad=self.dictionary.pad(),
             eos=self.dictionary.eos(),
             stream_key=split,
@@ -256,15 +279,117 @@ class MSWALanguageModelingTask(FairseqTask):
                                        data_buffer_size=data_buffer_size).next_epoch_itr(shuffle=False)
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        self._train_model = model
+        if self._resumed is not None:
+            self._restore_memory(model)
         if ignore_grad:  # the trainer's dummy batch: never touch the streams' memory
             sample = _without_stream(sample)
         return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
 
+    # --- exact resume: the training streams' memories travel with the checkpoint ---------------
+
+    def _world(self) -> int:
+        return max(1, self.cfg.data_parallel_size or 1)
+
+    def _rank(self) -> int:
+        return max(0, self.cfg.data_parallel_rank or 0)
+
+    def _train_memory(self):
+        memories = stream_memories_of(self._train_model) if self._train_model is not None else None
+        return None if memories is None else memories.get("train")
+
+    def _layout(self, model) -> Dict[str, Any]:
+        dataset = self.datasets.get("train")
+        return {"streams": dataset.layout() if isinstance(dataset, StreamDataset) else None,
+                "model": memory_layout_of(model)}
+
+    def optimizer_step(self, optimizer, model, update_num):
+        """After the update's last batch, on every rank: when a checkpoint save can follow this
+        update, gather every rank's memory to rank 0 (only rank 0 writes checkpoints)."""
+        super().optimizer_step(optimizer, model, update_num)
+        world = self._world()
+        memory = self._train_memory()
+        if world == 1 or memory is None or not self._save_may_follow(update_num + 1):
+            return
+        group = distributed_utils.get_data_parallel_group()
+        rank = self._rank()
+        gathered = [None] * world if rank == 0 else None
+        torch.distributed.gather_object(memory.state_dict(), gathered,
+                                        dst=torch.distributed.get_global_rank(group, 0), group=group)
+        self._gathered = (memory.version, gathered) if rank == 0 else None
+
+    def _save_may_follow(self, num_updates: int) -> bool:
+        every = [getattr(self.cfg, "save_interval_updates", 0) or 0,
+                 getattr(self.cfg, "validate_interval_updates", 0) or 0]  # a validation may stop
+        max_update = getattr(self.cfg, "max_update", 0) or 0
+        return any(k > 0 and num_updates % k == 0 for k in every) or 0 < max_update <= num_updates
+
+    def get_checkpoint_dict(self) -> Dict[str, Any]:
+        """fairseq's hook (rank 0, when saving): the extra state saved under this task's name."""
+        memory = self._train_memory()
+        if memory is None:
+            return {}
+        world = self._world()
+        if world == 1:
+            ranks = [memory.state_dict()]
+        elif self._gathered is not None and self._gathered[0] == memory.version:
+            ranks = self._gathered[1]
+        else:
+            logger.warning(
+                "stream memories of ranks 1..%d are not in this checkpoint (a save after an update "
+                "the task did not foresee, e.g. --stop-time-hours): a resume from it starts their "
+                "streams from empty memories", world - 1)
+            ranks = [memory.state_dict()] + [None] * (world - 1)
+        state = {"layout": self._layout(self._train_model), "ranks": ranks}
+        return {self.__class__.__name__: {"stream_memory": state}}
+
+    def set_checkpoint_dict(self, state: Dict[str, Any]) -> None:
+        """fairseq's hook (every rank, on resume, after the training iterator is restored)."""
+        self._resumed = state.get("stream_memory")
+
+    def _restore_memory(self, model) -> None:
+        """Load this rank's saved memory into the model, if it fits this run's layout."""
+        saved, self._resumed = self._resumed, None
+        memories = stream_memories_of(model)
+        if memories is None:
+            return
+        now = self._layout(model)
+        rank = self._rank()
+        ranks = saved.get("ranks") or []
+        if saved.get("layout") != now:
+            logger.warning(
+                "the checkpoint's stream memories were saved for streams %s and memory %s; this "
+                "run has streams %s and memory %s: training continues from empty memories",
+                saved["layout"]["streams"], saved["layout"]["model"], now["streams"], now["model"])
+        elif rank >= len(ranks) or ranks[rank] is None:
+            logger.warning("the checkpoint has no stream memory of rank %d: its streams continue "
+                           "from empty memories", rank)
+        else:
+            device = next(iter(model.parameters())).device
+            memories.setdefault("train", StreamMemory())
+            memories["train"].load_state_dict(ranks[rank], device=device)
+            logger.info("restored the stream memories of rank %d (next column %s)", rank,
+                        ranks[rank]["next_start"])
+
+    def build_model(self, cfg, from_checkpoint=False):
+        if not from_checkpoint and str(getattr(cfg, "attn_backend", "")) == "flex":  # training
+            check_backend(cfg, str(getattr(cfg, "_name", "the model")), position_term=False,
+                          training=True)
+        return super().build_model(cfg, from_checkpoint)
+
     def build_dataset_for_inference(self, src_tokens, src_lengths, **kwargs):
         """Prompts for generation (fairseq-interactive, the hub's ``sample``), as in fairseq's
         ``language_modeling``: each prompt without its trailing ``</s>``, ``</s>`` prepended as the
-        start symbol; generation then continues it with the model's incremental decoding."""
-        eos, pad = self.dictionary.eos(), self.dictionary.pad()
+        start symbol; generation then continues it with the model's incremental decoding. A prompt
+        whose every word is outside the dictionary (all ``<unk>``) is refused."""
+        eos, pad, unk = self.dictionary.eos(), self.dictionary.pad(), self.dictionary.unk()
+        for i, tokens in enumerate(src_tokens):
+            words = tokens[tokens.ne(eos) & tokens.ne(pad)]
+            if len(words) and bool(words.eq(unk).all()):
+                raise ValueError(
+                    f"prompt {i + 1}: none of its {len(words)} words is in the dictionary (all "
+                    "would be <unk>): write the prompt with words of the training data (dict.txt)"
+                )
         prompts = StripTokenDataset(ListDataset(src_tokens, src_lengths), eos)
         return NestedDictionaryDataset(
             {
