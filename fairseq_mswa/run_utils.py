@@ -255,6 +255,17 @@ def load_average() -> Optional[List[float]]:
         return None
 
 
+def git_commit(repo: Optional[PathLike] = None) -> str:
+    """``git rev-parse HEAD`` of ``repo`` (default: this checkout), or ``"unknown"`` outside git."""
+    cwd = Path(repo) if repo is not None else Path(__file__).resolve().parents[1]
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
 def machine_info(device: str = "cpu", threads: Optional[int] = None) -> Dict:
     """What a committed benchmark states about its machine (torch/fairseq imported lazily)."""
     import platform
