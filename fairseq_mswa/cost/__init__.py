@@ -1,8 +1,9 @@
-"""Relative cost of the rows of the MSWA paper's Tables 2, 3, 5 and 6 (and, in ``flops`` / ``plan``, the
-needed FLOPs of a training step and the tables' compute at paper scale).
+"""Relative cost of the rows of the MSWA paper's Tables 2, 3, 5 and 6; in ``flops`` the needed
+FLOPs of a training step, in ``plan`` the tables' compute at paper scale (``--plan``).
 
     python -m fairseq_mswa.cost --table 2          # Markdown-ish table
     python -m fairseq_mswa.cost --table 5 --json   # JSON list of {row, relative_cost, ...}
+    python -m fairseq_mswa.cost --plan --json results/plan/compute.json --md results/plan/compute.md
 
 Cost of a model = sum over all softmax-attention heads of all layers of the keys a query attends
 to (``WindowSchedule.cost``; full attention counts the sequence length ``n``) plus, for hybrid

@@ -4,9 +4,9 @@
 Checks: the run trains with ``common.bf16`` set and ``common.tpu`` clear (fairseq's trainer then
 casts the model to bfloat16; its checkpoints store float32 copies, so the saved config is what
 shows it; ``fairseq_mswa/compat.py`` clears the ``--tpu`` that fairseq 0.12 implies), on the GPU
-(fairseq's log names it), with finite losses, and fairseq-eval-lm scores every test token. fairseq 0.12's eval-lm casts a model only for ``--fp16``,
-so it evaluates the bfloat16-trained checkpoint in float32 (``--bf16`` is passed all the same: it
-must not break the run). In the CPU rehearsal (MSWA_GPU_REHEARSAL=1) the same commands run with
+(fairseq's log names it), with finite losses, and fairseq-eval-lm scores every test token.
+fairseq 0.12's eval-lm casts a model only for ``--fp16``, so it evaluates the bfloat16-trained
+checkpoint in float32 (``--bf16`` is passed all the same: it must not break the run). In the CPU rehearsal (MSWA_GPU_REHEARSAL=1) the same commands run with
 ``--cpu`` (still ``--bf16``: the path through fairseq's trainer is the same).
 """
 
