@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from fairseq_mswa.cost import flops, plan
+from fairseq_mswa.run_utils import git_commit
 from fairseq_mswa.schedule import WindowSchedule
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,7 +83,8 @@ def test_plan_cli_writes_json_and_markdown(tmp_path):
     result = json.loads(out_json.read_text())
     assert result["estimate"] and result["assumptions"]["mfu"] == 0.4
     assert result["command"].startswith("python -m fairseq_mswa.cost --plan")
-    assert len(result["commit"]) == 40 and result["machine"]["device"] == "cpu" and result["date"]
+    assert result["commit"] == git_commit(REPO)  # `git rev-parse HEAD` (or "unknown" outside git)
+    assert result["machine"]["device"] == "cpu" and result["date"]
     assert "(estimate)" in out_md.read_text()
     bad = subprocess.run([sys.executable, "-m", "fairseq_mswa.cost", "--table", "2", "--md", "x"],
                          capture_output=True, text=True, cwd=REPO, timeout=120)
