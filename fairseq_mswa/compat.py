@@ -20,9 +20,17 @@ Applied once, when the plugin is imported (``--user-dir``, the hub's ``user_dir`
   ``DST.tmp`` and are renamed over ``DST`` (``os.replace``): a kill leaves the previous file whole.
 * Unreadable checkpoint files (truncated, not a checkpoint at all): one line naming the file and
   the fix instead of torch's or fairseq's internals (``KeyError: 'best_loss'``).
+* ``--bf16`` off TPUs: fairseq 0.12's command-line parser (``options.parse_args_and_arch``) sets
+  ``--tpu`` whenever ``--bf16`` is given, so ``fairseq-train --bf16`` on a GPU (or with ``--cpu``)
+  asks for an XLA device and fails with "'NoneType' object has no attribute 'xla_device'" where
+  torch_xla is not installed. ``distributed_utils.call_main`` (which every fairseq CLI calls with
+  the parsed config, after importing this plugin) is wrapped to clear that implied ``tpu`` when
+  torch_xla is absent: the run then trains in bfloat16 on CUDA (or the CPU). With torch_xla
+  installed nothing changes.
 """
 
 import functools
+import logging
 import os
 import shutil
 import types
@@ -136,6 +144,29 @@ def readable_checkpoint_errors() -> None:
     _once(checkpoint_utils, "load_checkpoint_to_cpu", make)
 
 
+def bf16_without_tpu() -> None:
+    """Wrap ``fairseq.distributed.utils.call_main`` so that ``--bf16`` without torch_xla does not
+    imply ``--tpu`` (idempotent)."""
+    import fairseq.utils
+    from fairseq.distributed import utils as distributed_utils
+
+    if getattr(distributed_utils.call_main, "_mswa_bf16_without_tpu", False):
+        return
+    call_main = distributed_utils.call_main
+
+    def wrapped(cfg, main, **kwargs):
+        common = cfg.common
+        if common.tpu and common.bf16 and fairseq.utils.xm is None:
+            logging.getLogger(__name__).info(
+                "--bf16 without torch_xla: clearing the --tpu that fairseq 0.12 implies "
+                "(bfloat16 on %s)", "cpu" if common.cpu else "cuda")
+            common.tpu = False
+        return call_main(cfg, main, **kwargs)
+
+    wrapped._mswa_bf16_without_tpu = True
+    distributed_utils.call_main = wrapped
+
+
 restore_numpy_compat_long()
 try:
     import fairseq  # noqa: F401
@@ -145,3 +176,4 @@ if fairseq is not None:
     allow_checkpoint_broadcast()
     atomic_checkpoint_copies()
     readable_checkpoint_errors()
+    bf16_without_tpu()

@@ -1,4 +1,4 @@
-"""Training tokens/s on CPU of ``transformer_xl_mswa`` (full, swa, mswa) against fairseq's own
+"""Training tokens/s (CPU; a GPU with ``--device cuda``) of ``transformer_xl_mswa`` (full, swa, mswa) against fairseq's own
 ``transformer_lm`` of the same shape, at two segment lengths, all measured in one run.
 
     python scripts/bench_train.py --json results/bench/train_cpu.json --md results/bench/train_cpu.md
@@ -33,6 +33,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from fairseq_mswa.cost.flops import XL_PATTERN, step_flops
 from fairseq_mswa.experiments.arch import DictionaryTask, build_arch_model
 from fairseq_mswa.modules.xl_attention import RelMultiheadWindowAttention
 from fairseq_mswa.run_utils import commit_text, load_average, provenance, script_command, write_text_atomic
@@ -43,7 +44,6 @@ from fairseq_mswa.stream import StreamState
 # slower than the fused kernel (which is what a CPU user should pick; the same for every variant)
 ADAM_IMPL = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}
 VARIANTS = ("transformer_lm", "xl_full", "xl_swa", "xl_mswa")
-XL_PATTERN = {"xl_full": "full", "xl_swa": "swa", "xl_mswa": "mswa"}
 PAPER_SHAPE = dict(layers=12, dim=512, ffn=2048, heads=8, base_window=128, segments="512,2048")
 QUICK_SHAPE = dict(layers=4, dim=64, ffn=128, heads=4, base_window=16, segments="64,128")
 
@@ -83,11 +83,18 @@ def build_transformer_lm(shape: dict, seg: int, task):
         share_decoder_input_output_embed=True))
 
 
+def _sync(device):
+    """Wait for queued GPU work, so that wall-clock times cover it (no-op on CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
 class Runner:
     """One model + Adam, stepping through one token stream segment by segment."""
 
-    def __init__(self, variant, model, seg, vocab, seed, adam_impl="fused"):
-        self.variant, self.model, self.seg = variant, model.train(), seg
+    def __init__(self, variant, model, seg, vocab, seed, adam_impl="fused", device="cpu"):
+        self.device = device
+        self.variant, self.model, self.seg = variant, model.to(device).train(), seg
         self.opt = torch.optim.Adam(model.parameters(), lr=1e-4, **ADAM_IMPL[adam_impl])
         self.gen = torch.Generator().manual_seed(seed)
         self.vocab = vocab
@@ -96,8 +103,9 @@ class Runner:
 
     def step(self):
         """One training step on the next segment; returns (wall seconds, process CPU seconds)."""
-        tokens = torch.randint(4, self.vocab, (1, self.seg + 1), generator=self.gen)
+        tokens = torch.randint(4, self.vocab, (1, self.seg + 1), generator=self.gen).to(self.device)
         src, tgt = tokens[:, :-1], tokens[:, 1:].contiguous()
+        _sync(self.device)
         t0, c0 = time.perf_counter(), time.process_time()
         if self.variant == "transformer_lm":
             logits, _ = self.model(src)
@@ -107,6 +115,7 @@ class Runner:
         loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
+        _sync(self.device)
         dt, dc = time.perf_counter() - t0, time.process_time() - c0
         self.start += self.seg
         return dt, dc
@@ -133,7 +142,7 @@ def profile_step(runner: Runner, top: int) -> list:
             for e in events[:top]]
 
 
-def time_attention_layers(shape: dict, seg: int, reps: int, warmup: int) -> dict:
+def time_attention_layers(shape: dict, seg: int, reps: int, warmup: int, device="cpu") -> dict:
     """Forward + backward time of the XL attention layers alone (position term included), SWA
     against MSWA at the same base window, each layer fed a steady-state memory of its default
     length (largest window - 1), timed interleaved. Also times the part every pattern shares
@@ -144,11 +153,11 @@ def time_attention_layers(shape: dict, seg: int, reps: int, warmup: int) -> dict
     for pattern in ("swa", "mswa"):
         sched = build_schedule(shape["layers"], shape["heads"], shape["base_window"], pattern)
         torch.manual_seed(0)
-        layers[pattern] = [RelMultiheadWindowAttention(shape["dim"], shape["heads"], sched.layer(i))
+        layers[pattern] = [RelMultiheadWindowAttention(shape["dim"], shape["heads"], sched.layer(i)).to(device)
                            for i in range(sched.num_layers)]
-        mems[pattern] = [torch.randn(1, sched.max_window(i) - 1, shape["dim"])
+        mems[pattern] = [torch.randn(1, sched.max_window(i) - 1, shape["dim"]).to(device)
                          for i in range(sched.num_layers)]
-    x = torch.randn(1, seg, shape["dim"], requires_grad=True)
+    x = torch.randn(1, seg, shape["dim"]).to(device).requires_grad_()
 
     def proj_only(layer):  # the segment's projections, as the layer does them
         e = shape["dim"]
@@ -156,12 +165,14 @@ def time_attention_layers(shape: dict, seg: int, reps: int, warmup: int) -> dict
         return F.linear(qkv[:, :, 0] + qkv[:, :, 1] + qkv[:, :, 2], layer.out_proj.weight)
 
     def step(pattern):
+        _sync(device)
         t0 = time.perf_counter()
         for layer, mem in zip(layers[pattern], mems[pattern]):
             if pattern == "proj":
                 proj_only(layer).sum().backward()
             else:
                 layer(x, mem, 0).sum().backward()
+        _sync(device)
         return time.perf_counter() - t0
 
     layers["proj"], mems["proj"] = layers["swa"], mems["swa"]
@@ -187,33 +198,6 @@ def attention_layer_flops(pattern: str, shape: dict, seg: int) -> float:
     return (step_flops("xl_" + pattern, ffn_free, seg, 0)) / 3
 
 
-def step_flops(variant: str, shape: dict, seg: int, vocab: int) -> float:
-    """Multiply-add FLOPs (x2) of one training step (forward x 3 for forward + backward) that the
-    model *needs*: projections, FFN, output layer, and attention over the visible keys only
-    (causal half of the segment; for XL also the memory and the position term, one score per
-    visible key). The ratio of two variants' FLOPs is the tokens/s ratio that equal hardware
-    efficiency would give: the 'inherent' ratio beside the measured one."""
-    e, f, n, l_ = shape["dim"], shape["ffn"], shape["layers"], seg
-    fwd = 2 * l_ * e * vocab  # output layer
-    if variant == "transformer_lm":
-        per_layer = 2 * l_ * e * 4 * e + 4 * l_ * e * f + 4 * l_ * e * (l_ + 1) / 2
-        return 3 * (fwd + n * per_layer)
-    pattern = XL_PATTERN[variant]
-    sched = build_schedule(n, shape["heads"], shape["base_window"], pattern)
-    d = e // shape["heads"]
-    for i in range(n):
-        mem = seg if pattern == "full" else sched.max_window(i) - 1
-        fwd += 2 * l_ * e * 4 * e + 4 * l_ * e * f  # q, k, v, out of the segment; FFN
-        for w in sched.layer(i):
-            m = mem if w is None else min(mem, w - 1)
-            keys = l_ * (m + (l_ + 1) / 2) if w is None else sum(min(w, m + t + 1) for t in range(l_))
-            r = m + l_ if w is None else w
-            fwd += 2 * m * e * 2 * d  # this head's memory keys and values
-            fwd += 2 * r * e * d  # its position encodings through W_r
-            fwd += 3 * 2 * keys * d  # content score, position score, value
-    return 3 * fwd
-
-
 def run(args, shape) -> dict:
     task = DictionaryTask(args.vocab - 4)  # args.vocab symbols, fairseq's 4 specials included
     d = task.source_dictionary
@@ -225,7 +209,7 @@ def run(args, shape) -> dict:
             torch.manual_seed(args.seed)
             model = (build_transformer_lm(shape, seg, task) if variant == "transformer_lm"
                      else build_xl(variant, shape, seg, task))
-            runners.append(Runner(variant, model, seg, len(d), args.seed + i, args.adam))
+            runners.append(Runner(variant, model, seg, len(d), args.seed + i, args.adam, args.device))
         for r in runners:  # warm-up: allocations, then the memory reaches its steady length
             for _ in range(args.warmup):
                 r.step()
@@ -284,9 +268,10 @@ def markdown(result) -> str:
     m, segs = result["machine"], result["segments"]
     s = result["shape"]
     lines = [
-        "# Training throughput on CPU: transformer_xl_mswa (full / swa / mswa) vs fairseq transformer_lm",
+        f"# Training throughput on {m['device'].upper()}: transformer_xl_mswa (full / swa / mswa) vs fairseq transformer_lm",
         "",
         f"Machine: {m['cpu_model']} ({m['cpu_count']} cores, torch threads {m['torch_threads']}), "
+        + (f"GPU {m['gpu']}, " if "gpu" in m else "") +
         f"{m['platform']}, torch {m['torch']}, fairseq {m['fairseq']}; load average (1, 5, 15 min) "
         f"at start {m['load_average_at_start']}, at end {m['load_average_at_end']}.",
         f"Command: `{result['command']}` ({result['wall_s']} s), {result['date']}, commit "
@@ -362,6 +347,8 @@ def main(argv=None):
     p.add_argument("--no-attn-layers", action="store_true",
                    help="skip timing the XL attention layers alone (SWA vs MSWA)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="where the models train (cuda: the first GPU; timings synchronise it)")
     p.add_argument("--json", default=None, help="write the results as JSON here")
     p.add_argument("--md", default=None, help="write the markdown table here")
     args = p.parse_args(argv)
@@ -380,8 +367,10 @@ def main(argv=None):
     if shape["dim"] % shape["heads"]:
         p.error(f"--dim {shape['dim']} is not divisible by --heads {shape['heads']}")
 
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device here (drop the flag to run on CPU)")
     torch.set_num_threads(args.threads)
-    prov = provenance(script_command("bench_train.py", argv), "cpu", torch.get_num_threads())
+    prov = provenance(script_command("bench_train.py", argv), args.device, torch.get_num_threads())
     info = prov["machine"]
     t0 = time.time()
     measured = run(args, shape)
@@ -389,7 +378,7 @@ def main(argv=None):
     attn = None
     if not args.no_attn_layers:
         print(f"attention layers alone, segment {segments[-1]} ...", file=sys.stderr)
-        attn = time_attention_layers(shape, segments[-1], args.reps, args.warmup)
+        attn = time_attention_layers(shape, segments[-1], args.reps, args.warmup, args.device)
     info["load_average_at_end"] = load_average()
     rat, targets = ratios(measured["rows"], segments)
     flops = {f"{v}@{n}": step_flops(v, shape, n, args.vocab) for v in args.variants for n in segments}
