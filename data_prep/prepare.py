@@ -2,6 +2,7 @@
 
     python -m data_prep.prepare wikitext103 [--archive PATH] [--root data-bin] [--workers N]
     python -m data_prep.prepare enwik8      [--archive PATH] [--root data-bin] [--workers N]
+    python -m data_prep.prepare shakespeare [--archive PATH] [--root data-bin]  (data_prep/shakespeare.py)
 
 Layout under ``--root`` (default ``data-bin``)::
 
@@ -570,7 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m data_prep.prepare",
         description="Download, verify, split and binarize Wikitext-103 or enwik8 for fairseq.",
     )
-    p.add_argument("dataset", choices=("wikitext103", "enwik8"))
+    p.add_argument("dataset", choices=("wikitext103", "enwik8", "shakespeare"))
     p.add_argument("--root", default="data-bin", type=Path,
                    help="output root: downloads/, text/ and the binarized <dataset>/ "
                         "(default: data-bin)")
@@ -581,8 +582,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "repacked mirror); the official size/count checks are then skipped")
     p.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1),
                    help="fairseq-preprocess workers (default: all cores)")
-    p.add_argument("--heldout-bytes", type=int, default=ENWIK8_HELDOUT_BYTES,
-                   help="enwik8 only: bytes of the valid and of the test split (default 5000000)")
+    p.add_argument("--heldout-bytes", type=int, default=None,
+                   help="enwik8 / shakespeare: bytes of the valid and of the test split (default "
+                        "5000000 / 100000)")
     return p
 
 
@@ -596,9 +598,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.dataset == "wikitext103":
             prepare_wikitext103(args.root, args.archive, args.workers, args.expect_sha256)
+        elif args.dataset == "shakespeare":
+            from .shakespeare import HELDOUT_BYTES, prepare_shakespeare
+
+            prepare_shakespeare(args.root, args.archive, args.workers, args.expect_sha256,
+                                args.heldout_bytes or HELDOUT_BYTES)
         else:
             prepare_enwik8(args.root, args.archive, args.workers, args.expect_sha256,
-                           args.heldout_bytes)
+                           args.heldout_bytes or ENWIK8_HELDOUT_BYTES)
     except DataPrepError as e:
         print(f"[data_prep] error: {e}", file=sys.stderr)
         return 1
@@ -610,4 +617,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
+    # the corpus modules import data_prep.prepare: let them share this module (one DataPrepError)
+    sys.modules.setdefault("data_prep.prepare", sys.modules[__name__])
     sys.exit(main())
