@@ -134,9 +134,12 @@ def test_study_runs_and_reports(study):
     mswa = rows[(5, "MSWA (base 128)")]["seeds"][0]["bpc"]
     assert pair["mean_diff"] == pytest.approx(seed["bpc"] - mswa, abs=1e-4)
     assert pair["verdict"] == "within noise" and pair["ci"] is None  # no spread measured yet
-    assert s["status"] == {"planned_runs": 2, "finished_runs": 2, "planned_rows": 3,
-                           "complete_rows": 3, "partial_rows": 0, "rows_not_run": 0,
-                           "complete": True}
+    st = s["status"]
+    assert {k: st[k] for k in st if k != "queue"} == {
+        "planned_runs": 2, "finished_runs": 2, "planned_rows": 3, "complete_rows": 3,
+        "partial_rows": 0, "rows_not_run": 0, "complete": True}
+    assert [(b["planned_runs"], b["finished_runs"], b["shared_runs"]) for b in st["queue"]] == [
+        (2, 2, 0), (0, 0, 1)]
     assert s["command"].startswith("python scripts/evidence.py --study ")
     assert len(s["git_commit"] or "") in (0, 40) and "torch" in s["machine"]
     md = (tmp / "results" / "evidence.md").read_text()

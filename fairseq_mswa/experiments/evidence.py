@@ -322,8 +322,9 @@ def summarize(items: List[Item], study: Dict, paper: Dict, data_dir: Path) -> Di
     flat = float(study.get("flat_bpc", 0.01))
     dataset = items[0].run.dataset if items else None
     prepared = Path(data_dir) / dataset / "prepared.json" if dataset else None
-    splits = (json.loads(prepared.read_text(encoding="utf-8")).get("splits", {})
-              if prepared and prepared.is_file() else {})
+    corpus_info = (json.loads(prepared.read_text(encoding="utf-8"))
+                   if prepared and prepared.is_file() else {})
+    splits = corpus_info.get("splits", {})
     results: Dict[Path, Dict] = {}
     for it in items:
         p = it.result
@@ -413,12 +414,22 @@ def summarize(items: List[Item], study: Dict, paper: Dict, data_dir: Path) -> Di
     threads = sorted({str((r.get("machine") or {}).get("threads")) for r in results.values()})
     owners = [i for i in items if i.shared is None]
     done_runs = sum(1 for i in owners if i.run.result.is_file())
+    blocks = []
+    for b, block in enumerate(study["queue"]):
+        mine = [i for i in items if i.block == b]
+        own = [i for i in mine if i.shared is None]
+        blocks.append({"why": block.get("why", ""), "table": int(block["table"]),
+                       "rows": list(block["rows"]), "seeds": list(block["seeds"]),
+                       "planned_runs": len(own),
+                       "finished_runs": sum(1 for i in own if i.run.result.is_file()),
+                       "shared_runs": len(mine) - len(own)})
     m = owners[0].run.meta if owners else {}
     train_bytes = splits.get("train", {}).get("bytes")
     max_update = m.get("max_update")
     return {
         "corpus": {
-            "name": dataset, "train_bytes": train_bytes,
+            "name": dataset, "train_bytes": train_bytes, "source": corpus_info.get("source"),
+            "plays": corpus_info.get("plays"), "source_sha256": corpus_info.get("archive_sha256"),
             "valid_bytes": splits.get("valid", {}).get("bytes"),
             "test_bytes": splits.get("test", {}).get("bytes"),
             "epochs": (None if not (train_bytes and max_update) else
@@ -446,6 +457,7 @@ def summarize(items: List[Item], study: Dict, paper: Dict, data_dir: Path) -> Di
             "partial_rows": sum(r["status"].startswith("partial") for r in rows),
             "rows_not_run": sum(r["status"] == "not run" for r in rows),
             "complete": done_runs == len(owners),
+            "queue": blocks,
         },
     }
 
@@ -458,6 +470,10 @@ def _f(v, digits=3, signed=False) -> str:
     return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
 
 
+def _n(v) -> str:
+    return "-" if v is None else f"{v:,}"
+
+
 def render_markdown(s: Dict, info: Dict) -> str:
     c, st, su = s["corpus"], s["status"], s["setup"]
     lines = [
@@ -465,14 +481,24 @@ def render_markdown(s: Dict, info: Dict) -> str:
         f"**Status: {st['finished_runs']} of {st['planned_runs']} planned runs finished** "
         f"({st['complete_rows']} rows complete, {st['partial_rows']} partial, "
         f"{st['rows_not_run']} not run){'' if st['complete'] else ' - partial results'}.", "",
-        f"Corpus `{c['name']}`: {_f(c['train_bytes'], 0)} train bytes, {_f(c['valid_bytes'], 0)} "
-        f"valid, {_f(c['test_bytes'], 0)} test (38 Shakespeare plays, byte level); every run sees "
+        f"Corpus `{c['name']}`: {_n(c['train_bytes'])} train bytes, {_n(c['valid_bytes'])} "
+        f"valid, {_n(c['test_bytes'])} test bytes ({c['plays']} Shakespeare plays: {c['source']}); "
+        f"every run sees "
         f"{_f(c['epochs'], 2)} epochs of it. Model: Transformer-XL {su['layers']} layers x "
         f"{su['heads']} heads, d {su['embed_dim']}, segment {su['segment']}, windows and "
         f"full-attention lengths = the paper's / {su['factor']}, {su['tokens_per_update']} tokens "
         f"per update, {su['max_update']} updates, cosine schedule. Test bits per byte from "
         f"fairseq-eval-lm (best validation checkpoint).", "",
-        "## Rows", "",
+        "Run queue, most important first (a later invocation resumes it):", "",
+        "| # | Block | Table | Rows | Seeds | Runs finished |", "|---|---|---|---|---|---|",
+    ]
+    for k, b in enumerate(st["queue"], 1):
+        runs = (f"{b['finished_runs']} of {b['planned_runs']}" if b["planned_runs"]
+                else f"shared ({b['shared_runs']} rows run elsewhere)")
+        lines.append(f"| {k} | {b['why']} | {b['table']} | {', '.join(b['rows'])} | "
+                     f"{', '.join(map(str, b['seeds']))} | {runs} |")
+    lines += [
+        "", "## Rows", "",
         "| Table | Row | Windows | Rel. cost | Seeds | Status | Mean test bpc | Std | Per seed "
         "| Last-10% valid change | Flat? |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -567,17 +593,23 @@ def plot(s: Dict, tables: Sequence[int], path: Path) -> Path:
         ax.set_ylabel("validation bits per byte")
         ax.grid(True, alpha=0.3)
     ax = axes[len(tables)]
-    done = [r for r in s["rows"] if r["seeds"]]
+    done = [r for r in s["rows"] if r["seeds"] and not r["same_run_as"]]  # each run once
     for k, r in enumerate(done):
         ys = [x["bpc"] for x in r["seeds"]]
-        ax.plot([k] * len(ys), ys, "o", color="k", ms=3)
-        ax.bar(k, r["mean_bpc"] - min(ys) + 0.02, bottom=min(ys) - 0.02, color=cmap(r["table"]),
-               alpha=0.4)
+        color = cmap(tables.index(r["table"]) % 10) if r["table"] in tables else "k"
+        ax.plot([k] * len(ys), ys, "o", color=color, ms=4, alpha=0.6)
+        ax.errorbar([k], [r["mean_bpc"]], yerr=[r["std_bpc"] or 0], fmt="_", color="k", ms=14,
+                    capsize=4)
     ax.set_xticks(range(len(done)))
-    ax.set_xticklabels([f"T{r['table']} {r['row']}" for r in done], rotation=60, ha="right",
-                       fontsize=7)
-    ax.set_ylabel("test bits per byte (dots = seeds)")
-    ax.set_title("Test bpc per row", fontsize=10)
+    also: Dict[str, List[str]] = {}
+    for r in s["rows"]:
+        if r["same_run_as"]:
+            also.setdefault(r["same_run_as"], []).append(f"T{r['table']} {r['row']}")
+    ax.set_xticklabels([" = ".join([f"T{r['table']} {r['row']}"]
+                                   + also.get(f"Table {r['table']} / {r['row']}", []))
+                        for r in done], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("test bits per byte")
+    ax.set_title("Test bpc per run row (dots = seeds, bar = mean +- std)", fontsize=10)
     ax.grid(True, axis="y", alpha=0.3)
     for ax in axes[len(tables) + 1:]:
         ax.axis("off")
