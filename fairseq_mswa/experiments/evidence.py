@@ -394,12 +394,15 @@ def summarize(items: List[Item], study: Dict, paper: Dict, data_dir: Path) -> Di
             sb = {s["seed"]: s["bpc"] for s in rb["seeds"]}
             common = sorted(set(sa) & set(sb))
             diffs = [sb[s] - sa[s] for s in common]
-            raw_pairs.append((int(t), c, common, diffs))
-    multi = [(len(d) - 1, _mean_std(d)[1]) for _, _, _, d in raw_pairs if len(d) >= 2]
+            runs = (tuple(x["run"] for x in ra["seeds"]), tuple(x["run"] for x in rb["seeds"]))
+            raw_pairs.append((int(t), c, common, diffs, runs))
+    # the pooled spread counts each pair of runs once (Table 2's MSWA vs SWA is Table 5's)
+    once = {runs: d for _, _, _, d, runs in raw_pairs if len(d) >= 2}
+    multi = [(len(d) - 1, _mean_std(d)[1]) for d in once.values()]
     pooled_df = sum(df for df, _ in multi)
     pooled_sd = (math.sqrt(sum(df * s * s for df, s in multi) / pooled_df) if pooled_df else None)
     pairs = []
-    for t, c, common, diffs in raw_pairs:
+    for t, c, common, diffs, _ in raw_pairs:
         mean, std = _mean_std(diffs)
         verdict, lo, hi, basis = judge(diffs, confidence, pooled_sd, pooled_df, len(multi))
         pairs.append({
