@@ -2,6 +2,7 @@
 
     python -m data_prep.prepare wikitext103 [--archive PATH] [--root data-bin] [--workers N]
     python -m data_prep.prepare enwik8      [--archive PATH] [--root data-bin] [--workers N]
+    python -m data_prep.prepare shakespeare [--archive PATH] [--root data-bin]  (data_prep/shakespeare.py)
 
 Your own text (``data_prep/text.py``) and the evaluation of any prepared corpus in bits per byte
 (``data_prep/metrics.py``) are commands of this entry point too (``COMMANDS``)::
@@ -642,7 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="more commands (python -m data_prep.prepare COMMAND --help): "
                + "; ".join(f"{name}: {summary}" for name, (_, summary) in COMMANDS.items()),
     )
-    p.add_argument("dataset", choices=("wikitext103", "enwik8"))
+    p.add_argument("dataset", choices=("wikitext103", "enwik8", "shakespeare"))
     p.add_argument("--root", default="data-bin", type=Path,
                    help="output root: downloads/, text/ and the binarized <dataset>/ "
                         "(default: data-bin)")
@@ -653,8 +654,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "repacked mirror); the official size/count checks are then skipped")
     p.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1),
                    help="fairseq-preprocess workers (default: all cores)")
-    p.add_argument("--heldout-bytes", type=int, default=ENWIK8_HELDOUT_BYTES,
-                   help="enwik8 only: bytes of the valid and of the test split (default 5000000)")
+    p.add_argument("--heldout-bytes", type=int, default=None,
+                   help="enwik8 / shakespeare: bytes of the valid and of the test split (default "
+                        "5000000 / 100000)")
     return p
 
 
@@ -672,9 +674,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             importlib.import_module(command[0]).main(argv[1:])
         elif args.dataset == "wikitext103":
             prepare_wikitext103(args.root, args.archive, args.workers, args.expect_sha256)
+        elif args.dataset == "shakespeare":
+            from .shakespeare import HELDOUT_BYTES, prepare_shakespeare
+
+            prepare_shakespeare(args.root, args.archive, args.workers, args.expect_sha256,
+                                args.heldout_bytes or HELDOUT_BYTES)
         else:
             prepare_enwik8(args.root, args.archive, args.workers, args.expect_sha256,
-                           args.heldout_bytes)
+                           args.heldout_bytes or ENWIK8_HELDOUT_BYTES)
     except DataPrepError as e:
         print(f"[data_prep] error: {e}", file=sys.stderr)
         return 1
