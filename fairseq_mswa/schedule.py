@@ -26,7 +26,7 @@ windows; here the arithmetic multipliers split the heads too (the default readin
 reading, heads split geometrically, is ``head_variation="geometric"``; ``python -m
 fairseq_mswa.cost --table 6`` prints the cost of both.
 
-SWAA knobs (shared/papers/SWAA-notes.md) live here too: ``full_attn_layers`` keep full attention
+SWAA knobs (Yu et al., "SWAA: Sliding Window Attention Adaptation ...", arXiv 2512.10411) live here too: ``full_attn_layers`` keep full attention
 whatever the pattern, and ``sink_tokens`` k makes the first k keys visible to every query.
 
 ``WindowSchedule.cost`` is the one cost a schedule knows (Sec. 3.2): the sum over all heads of

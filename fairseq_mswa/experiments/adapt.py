@@ -4,7 +4,7 @@
     python scripts/adapt.py --checkpoint CKPT --data DATA    # adapt your own full-attention model
     python scripts/adapt.py --smoke                          # tiny model, a few updates (CI)
 
-SWAA (shared/papers/SWAA-notes.md) adapts a model pretrained with full attention (FA) to sliding
+SWAA (Yu et al., arXiv 2512.10411) adapts a model pretrained with full attention (FA) to sliding
 window attention (SWA) with sink tokens, some full-attention layers, full-attention decoding and
 brief fine-tuning. Here the target can also be MSWA (a window per head and per layer group):
 
