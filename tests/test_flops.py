@@ -83,7 +83,7 @@ def test_plan_cli_writes_json_and_markdown(tmp_path):
     result = json.loads(out_json.read_text())
     assert result["estimate"] and result["assumptions"]["mfu"] == 0.4
     assert result["command"].startswith("python -m fairseq_mswa.cost --plan")
-    assert result["commit"] == git_commit(REPO)  # `git rev-parse HEAD` (or "unknown" outside git)
+    assert result["git_commit"] == git_commit(REPO)  # `git rev-parse HEAD` (or "unknown" outside git)
     assert result["machine"]["device"] == "cpu" and result["date"]
     assert "(estimate)" in out_md.read_text()
     bad = subprocess.run([sys.executable, "-m", "fairseq_mswa.cost", "--table", "2", "--md", "x"],

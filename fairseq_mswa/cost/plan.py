@@ -195,7 +195,7 @@ def markdown(result: Dict) -> str:
         "tokens of each run; hours assume "
         f"{a['gpus']} x {a['gpu']} at {100 * a['mfu']:.0f} % model-FLOPs utilisation "
         f"({a['sustained_tflops_per_gpu']:.1f} TFLOP/s sustained per GPU). Hours scale as 1 / MFU.",
-        f"Command: `{result['command']}`; commit {result['commit']}; {result['date']}.",
+        f"Command: `{result['command']}`; commit {result['git_commit']}; {result['date']}.",
         "",
         f"FLOPs model: {a['flops_model']}. {a['adaptive_softmax']}.",
         "",
@@ -227,7 +227,7 @@ def write(result: Dict, json_path: Optional[str], md_path: Optional[str], comman
 
     from ..run_utils import git_commit, machine_info, write_text_atomic
 
-    result.update(command=command, commit=git_commit(REPO),
+    result.update(command=command, git_commit=git_commit(REPO),
                   date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                   machine=machine_info("cpu"))
     md = markdown(result)

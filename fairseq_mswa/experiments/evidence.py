@@ -25,7 +25,6 @@ how many of its planned seeds finished.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -51,14 +50,10 @@ class EvidenceError(RuntimeError):
 
 
 def _reproduce():
-    """scripts/reproduce.py (the tables' runner: plan_runs, execute, load_setup), loaded once."""
-    mod = sys.modules.get("reproduce")
-    if mod is None:
-        spec = importlib.util.spec_from_file_location("reproduce", REPO / "scripts" / "reproduce.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["reproduce"] = mod
-        spec.loader.exec_module(mod)
-    return mod
+    """The tables' runner (plan_runs, execute, load_setup): fairseq_mswa.experiments.reproduce."""
+    from . import reproduce
+
+    return reproduce
 
 
 # --- plan -------------------------------------------------------------------------------------
@@ -81,9 +76,10 @@ def load_study(path: Path = STUDY) -> Dict:
 class Item:
     """One (table, row, seed) of the study; ``shared`` is the item whose run it reuses."""
 
-    def __init__(self, table: int, row: Dict, seed: int, run, block: int, why: str):
+    def __init__(self, table: int, row: Dict, seed: int, run, block: int, why: str, opts=None):
         self.table, self.row, self.seed, self.run = table, row, seed, run
         self.block, self.why = block, why
+        self.opts = opts  # the reproduce options it was planned with (paths for the record)
         self.shared: Optional["Item"] = None
 
     @property
@@ -153,7 +149,7 @@ def plan_study(study: Dict, setup: Dict, data_dir: Path, results_dir: Path, runs
             except rep.ReproError as e:
                 raise EvidenceError(f"queue entry {b + 1}: {e}") from None
             for run in runs:
-                item = Item(table, run.row, int(seed), run, b, block.get("why", ""))
+                item = Item(table, run.row, int(seed), run, b, block.get("why", ""), opts)
                 key = run_key(run)
                 if key in seen:
                     item.shared = seen[key]
@@ -217,7 +213,7 @@ def run_queue(items: List[Item], setup: Dict, force: bool = False, log=print) ->
             shutil.rmtree(item.run.save_dir)
         t0 = time.time()
         try:
-            res = rep.execute(item.run, setup, opts)
+            res = rep.execute(item.run, setup, item.opts if item.opts is not None else opts)
         except rep.ReproError as e:
             raise EvidenceError(str(e)) from None
         res = portable({**res, "git_commit": commit, "study": "evidence"})
