@@ -316,7 +316,7 @@ def test_hub_dictionary_mismatch_is_one_line(prepared, checkpoints, model):
     want = prepared[1]["vocabulary"]["dictionary_size"]
     have = len(Dictionary.load(str(root / "own-bytes" / "dict.txt")))
     assert want != have and f"has {want} rows" in msg and f"gives {have}" in msg
-    assert msg.endswith("pass data_name_or_path= the data-bin the model was trained on")
+    assert msg.endswith("the model was trained with")  # the fix: the data directory it was trained on
 
 
 @pytest.mark.parametrize("model, other", [("linear_mswa", "transformer_xl_mswa"),
