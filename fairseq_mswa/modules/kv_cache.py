@@ -220,8 +220,8 @@ class WindowKVCache:
 
     def _decode_pieces(self, group: int, position: int) -> Optional[List[KeyPiece]]:
         """Decode-step fast path (after the token at ``position`` was written): the pieces the
-        query sees *entirely* (no mask); None when a mask is needed (a ring still filling, a
-        windowed growing buffer)."""
+        query sees *entirely* (no mask); None when a mask is needed (a windowed growing buffer
+        before full-attention decode starts)."""
         g = self.groups[group]
         if g.grows:
             if not (g.window is None or (self.full_attention_from is not None
@@ -229,7 +229,10 @@ class WindowKVCache:
                 return None
             stored = [(g.k, g.v, g.pos)]  # every cached key: positions 0 .. position
         elif position + 1 < g.window:
-            return None
+            # a ring still filling has never wrapped: slot p holds position p, so positions
+            # 0 .. position are its first slots, all visible (every sink is inside the window)
+            n = position + 1
+            stored = [(g.k[:, :, :n], g.v[:, :, :n], g.pos[:n])]
         else:
             # the ring holds exactly positions position - w + 1 .. position: all visible; the
             # sinks outside the window (j <= position - w) come from the sink store
