@@ -22,7 +22,8 @@ dominate the run.
   sequences of the batch).
 * configurations whose full-attention cache would exceed ``--max-cache-gb`` are skipped (null).
 
-Top-level ratios: ``kv_bytes_mswa_over_swa`` (largest context; 225/256 = 0.879 without sinks),
+Top-level ratios: ``decode_tps_mswa_over_swa_min`` (the smallest MSWA / SWA tokens/s over the
+context sweep from 1,024 up; target >= 1.0), ``kv_bytes_mswa_over_swa`` (largest context; 225/256 = 0.879 without sinks),
 ``kv_bytes_full_over_mswa_16k``, ``decode_tps_mswa_over_swa`` (batch 8, context 4096),
 ``decode_tps_full_over_mswa_16k`` (batch ``--context-batch``, context 16384).
 """
@@ -160,13 +161,33 @@ def _ratio(a, b):
     return None if a is None or b is None else a / b
 
 
+# target of decode_tps_mswa_over_swa_min: MSWA's smaller cache decodes at least as fast as SWA's
+MIN_TARGET = ">= 1.0"
+MIN_FROM_CONTEXT = 1024  # the context sweep's points from here up count for the minimum
+
+
+def context_sweep_min(rows, args):
+    """(smallest MSWA / SWA tokens/s ratio over the context sweep's points with context >=
+    MIN_FROM_CONTEXT (every point when none is that long: --quick), its context)."""
+    contexts = [c for c in args.contexts if c >= MIN_FROM_CONTEXT] or list(args.contexts)
+    rows = [r for r in rows if r["sweep"] == "context"]  # a batch-sweep point may repeat one
+    pairs = [(_ratio(_get(rows, "mswa", args.context_batch, c, "tokens_per_s"),
+                     _get(rows, "swa", args.context_batch, c, "tokens_per_s")), c) for c in contexts]
+    pairs = [(r, c) for r, c in pairs if r is not None]
+    return min(pairs) if pairs else (None, None)
+
+
 def summary(rows, args):
     top_ctx = max(args.contexts)
     cb = args.context_batch
     ctx16 = 16384 if 16384 in args.contexts else top_ctx
     tps_batch, tps_ctx = (8, 4096) if (8 in args.batches and args.batch_context == 4096) else (
         max(args.batches), args.batch_context)
+    low, low_ctx = context_sweep_min(rows, args)
     return {
+        "decode_tps_mswa_over_swa_min": low,
+        "decode_tps_mswa_over_swa_min_target": MIN_TARGET,
+        "decode_tps_mswa_over_swa_min_pass": None if low is None else low >= float(MIN_TARGET.split()[1]),
         "kv_bytes_mswa_over_swa": _ratio(_get(rows, "mswa", cb, top_ctx, "kv_bytes"),
                                          _get(rows, "swa", cb, top_ctx, "kv_bytes")),
         "kv_bytes_full_over_mswa_16k": _ratio(_get(rows, "full", cb, ctx16, "kv_bytes"),
@@ -178,6 +199,7 @@ def summary(rows, args):
             _get(rows, "full", cb, ctx16, "tokens_per_s"),
             _get(rows, "mswa", cb, ctx16, "tokens_per_s")),
         "ratio_points": {
+            "decode_tps_mswa_over_swa_min": dict(batch=cb, context=low_ctx),
             "kv_bytes_mswa_over_swa": dict(batch=cb, context=top_ctx),
             "kv_bytes_full_over_mswa_16k": dict(batch=cb, context=ctx16),
             "decode_tps_mswa_over_swa": dict(batch=tps_batch, context=tps_ctx),
@@ -209,10 +231,16 @@ def markdown(result):
         "| ratio | value | at |",
         "|---|---|---|",
     ]
-    for key in ("kv_bytes_mswa_over_swa", "kv_bytes_full_over_mswa_16k",
-                "decode_tps_mswa_over_swa", "decode_tps_full_over_mswa_16k"):
+    for key in ("decode_tps_mswa_over_swa_min", "kv_bytes_mswa_over_swa",
+                "kv_bytes_full_over_mswa_16k", "decode_tps_mswa_over_swa",
+                "decode_tps_full_over_mswa_16k"):
         at = s["ratio_points"][key]
-        lines.append(f"| {key} | {_fmt(s[key], '.3f')} | batch {at['batch']}, context {at['context']} |")
+        where = f"batch {at['batch']}, context {at['context']}"
+        if key == "decode_tps_mswa_over_swa_min":
+            ok = s["decode_tps_mswa_over_swa_min_pass"]
+            where = (f"smallest over the context sweep from {MIN_FROM_CONTEXT} (at {where}); target "
+                     f"{MIN_TARGET}: {'n/a' if ok is None else ('met' if ok else 'MISSED')}")
+        lines.append(f"| {key} | {_fmt(s[key], '.3f')} | {where} |")
     for sweep, title in (("batch", "against batch size"), ("context", "against context length")):
         rows = [r for r in result["rows"] if r["sweep"] == sweep]
         if not rows:
@@ -274,7 +302,10 @@ def main(argv=None):
         "wall_s": round(time.time() - started, 1),
         "rows": rows,
     }
-    result["summary"] = {k: result[k] for k in ("kv_bytes_mswa_over_swa", "kv_bytes_full_over_mswa_16k",
+    result["summary"] = {k: result[k] for k in ("decode_tps_mswa_over_swa_min",
+                                                "decode_tps_mswa_over_swa_min_target",
+                                                "decode_tps_mswa_over_swa_min_pass",
+                                                "kv_bytes_mswa_over_swa", "kv_bytes_full_over_mswa_16k",
                                                 "decode_tps_mswa_over_swa",
                                                 "decode_tps_full_over_mswa_16k", "ratio_points")}
     md = markdown(result)
