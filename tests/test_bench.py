@@ -3,6 +3,7 @@ issue asks for."""
 
 import json
 import math
+from types import SimpleNamespace
 
 from fairseq_mswa.experiments import bench_decode
 from fairseq_mswa.experiments import bench_train as bench
@@ -16,10 +17,29 @@ def test_bench_train_quick(tmp_path):
     for key in ("attn_layers_mswa_over_swa_time", "mswa_over_swa_64", "mswa_over_swa_128",
                 "swa_over_transformer_lm_64", "full_over_transformer_lm_128", "attn_core_mswa_over_swa_time",
                 "attn_layers_mswa_over_swa_flops",
-                "full_over_transformer_lm_128_inherent", "mswa_over_full_128"):
+                "full_over_transformer_lm_128_inherent", "mswa_over_full_128", "mswa_over_swa_128_flops"):
         assert math.isfinite(result[key]) and result[key] > 0, key
+    spread = result["ratios"]["mswa_over_swa_128"]  # median of the per-rep ratios, with its spread
+    assert spread["min"] <= spread["q1"] <= spread["median"] <= spread["q3"] <= spread["max"]
+    assert result["mswa_over_swa_128"] == spread["median"]
     assert result["machine"]["cpu_count"] >= 1 and result["command"].startswith("python scripts/")
     assert "attn_layers_mswa_over_swa_time" in out_md.read_text()
+
+
+def test_paired_ratio_is_the_median_of_per_rep_ratios():
+    r = bench.paired_ratio([1.0, 2.0, 1.0], [2.0, 2.0, 4.0])  # tokens/s ratios 2, 1, 4
+    assert (r["median"], r["min"], r["max"], r["reps"]) == (2.0, 1.0, 4.0, 3)
+
+
+def test_small_shapes_report_train_mswa_over_swa(tmp_path):
+    """--shapes demo gives the key train_mswa_over_swa_demo (shrunk here to run in seconds)."""
+    shape = dict(bench.SHAPES["demo"], dim=32, ffn=64, segments="16", batch=2)
+    rows = bench.run_shape(SimpleNamespace(vocab=40, seed=1, adam="fused", device="cpu", warmup=1,
+                                           reps=2, profile=0), "demo", shape)["rows"]
+    values, targets = bench.ratios(rows, "demo", shape)
+    assert set(values) == {"train_mswa_over_swa_demo"} and targets["train_mswa_over_swa_demo"] == ">= 1.0"
+    assert values["train_mswa_over_swa_demo"]["median"] > 0
+    assert {r["batch"] for r in rows} == {2}
 
 
 def test_step_flops_orders_the_variants():

@@ -84,6 +84,7 @@ class RelMultiheadWindowAttention(nn.Module):
         self.positions = RelativeSinusoid(embed_dim)
         self.heads = HeadGroups(self.windows)
         self.groups = self.heads.groups
+        self._kv_row_cache = {}  # device -> rows of qkv_proj.weight in group order (_kv_rows)
 
     def memory_needed(self, window: Window, memory_len: int) -> int:
         """How many of the last memory states a head group with ``window`` reads."""
@@ -93,7 +94,15 @@ class RelMultiheadWindowAttention(nn.Module):
                 sinks: Optional[torch.Tensor] = None, num_sinks: int = 0) -> torch.Tensor:
         """x (B, L, E); memory (B, M, E) = states at stream positions [memory_start,
         memory_start + M); sinks (B, S, E) = states at positions [0, S), S = min(num_sinks,
-        memory_start + M); num_sinks = the schedule's sink count. Returns (B, L, E)."""
+        memory_start + M); num_sinks = the schedule's sink count. Returns (B, L, E).
+
+        Work done once per call for every pass (a pass = one window group, or all heads merged):
+        the queries of every head (one matmul), the states the passes read (the last memory
+        states the widest pass needs, then the segment: one concatenation), the key/value weight
+        rows in pass order (one gather) and the projected position table up to the largest
+        distance (one matmul). Each pass then reads views of these: its states suffix, its rows,
+        its columns and distances, so its own work (keys/values of the states it sees, position
+        scores, attention) follows its window."""
         b, length, e = x.shape
         d = self.head_dim
         m_len = 0 if memory is None else memory.shape[1]
@@ -101,25 +110,57 @@ class RelMultiheadWindowAttention(nn.Module):
         sinks_in_keys = min(num_sinks, seen + length)  # keys at stream positions < num_sinks
         scale = d ** -0.5
         weight = self.qkv_proj.weight
-        # the segment's queries, keys and values for every head in one matmul; the two query
-        # biases (content u, position v; the position one pre-scaled) added once for every head
-        q, k_seg, v_seg = F.linear(x, weight).view(b, length, 3, self.num_heads, d).unbind(2)
+        # every head's queries in one matmul; the two query biases (content u, position v; the
+        # position one pre-scaled) added once for every head
+        q = F.linear(x, weight[:e]).view(b, length, self.num_heads, d)
         q_u, q_v = q + self.u_bias, (q + self.v_bias) * scale  # (B, L, H, D)
-        if self._merged(b, length, m_len):
-            out = self._attend(list(self.windows), q_u, q_v, k_seg, v_seg,
-                               weight[e:2 * e], weight[2 * e:], self.r_proj.weight,
-                               memory, sinks, seen, sinks_in_keys)
-            return F.linear(out.transpose(1, 2).reshape(b, length, e), self.out_proj.weight)
-        split = self.heads.split
-        per_group = zip(self.groups, split(q_u, 2), split(q_v, 2), split(k_seg, 2), split(v_seg, 2),
-                        split(weight[e:2 * e], 0, d), split(weight[2 * e:], 0, d),
-                        split(self.r_proj.weight, 0, d))
-        outs = [self._attend([w] * len(heads), qu, qv, k, v, wk, wv, wr, memory, sinks,
-                             seen, sinks_in_keys)
-                for (w, heads), qu, qv, k, v, wk, wv, wr in per_group]
-        out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]  # (B, H, L, D), group order
+        merged = self._merged(b, length, m_len)
+        if merged:
+            passes = [list(self.windows)]
+            w_kv, w_r = weight[e:], self.r_proj.weight  # rows: k of every head, then v
+            q_parts = [(q_u, q_v)]
+        else:
+            passes = [[w] * len(heads) for w, heads in self.groups]
+            w_kv = weight.index_select(0, self._kv_rows(weight.device))  # per group: k rows, v rows
+            w_r = self.heads.to_group_order(self.r_proj.weight, 0, d)
+            q_parts = list(zip(self.heads.split(q_u, 2), self.heads.split(q_v, 2)))
+        reaches = [None if None in ws else max(ws) for ws in passes]
+        needs = [self.memory_needed(r, m_len) for r in reaches]
+        m_max = max(needs)
+        states = x if m_max == 0 else torch.cat([memory[:, m_len - m_max:], x], dim=1)
+        prefixes = [0 if sinks is None else max(0, min(sinks.shape[1], seen - m)) for m in needs]
+        dists = [n + m + length if r is None else min(r, n + m + length)
+                 for r, m, n in zip(reaches, needs, prefixes)]
+        r_all = F.linear(self.positions(max(dists), q_u.dtype), w_r)  # (R_max, E), pass order
+        outs, row, col = [], 0, 0
+        for windows, (qu, qv), m, n_prefix, num_dist in zip(passes, q_parts, needs, prefixes, dists):
+            g = len(windows)
+            w_kv_p = w_kv[row:row + 2 * g * d]
+            kv = F.linear(states[:, m_max - m:], w_kv_p)  # (B, m + L, 2 G D)
+            if n_prefix:  # the sink states before the memory slice this pass reads
+                kv = torch.cat([F.linear(sinks[:, :n_prefix], w_kv_p), kv], dim=1)
+            k, v = kv.view(b, -1, 2, g, d).permute(2, 0, 3, 1, 4)  # (B, G, Lk, D) each
+            r = r_all[:num_dist, col:col + g * d].view(num_dist, g, d)
+            outs.append(self._attend(windows, qu, qv, k, v, r, sinks_in_keys))
+            row, col = row + 2 * g * d, col + g * d
+        out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]  # (B, H, L, D), pass order
         out = out.transpose(1, 2).reshape(b, length, e)
-        return F.linear(out, self.heads.to_group_order(self.out_proj.weight, 1, d))
+        w_out = self.out_proj.weight if merged else self.heads.to_group_order(self.out_proj.weight, 1, d)
+        return F.linear(out, w_out)
+
+    def _kv_rows(self, device) -> torch.Tensor:
+        """Rows of ``qkv_proj.weight`` in window-group order, per group its heads' key rows then
+        their value rows (one contiguous block per group); cached per device."""
+        key = str(device)
+        rows = self._kv_row_cache.get(key)
+        if rows is None:
+            e, d = self.embed_dim, self.head_dim
+            order = []
+            for _, heads in self.groups:
+                for base in (e, 2 * e):
+                    order += [base + h * d + i for h in heads for i in range(d)]
+            rows = self._kv_row_cache[key] = torch.tensor(order, device=device)
+        return rows
 
     def _merged(self, batch: int, length: int, memory_len: int) -> bool:
         """Whether this call computes all heads in one pass (see ``STRATEGIES``)."""
@@ -131,30 +172,14 @@ class RelMultiheadWindowAttention(nn.Module):
 
         return prefer_merged(self.windows, batch, length, memory_len, self.head_dim)
 
-    def _attend(self, windows: List[Window], q_u, q_v, k, v, w_k, w_v, w_r, memory, sinks,
-                seen: int, sinks_in_keys: int) -> torch.Tensor:
-        """Attention of one window group (or of every head, merged) with its ``windows``: q_u, q_v, k, v (B, L, G, D) of the segment, their rows of the key, value and
-        position projections. Keys = the sink states before the memory slice it reads, the last
-        ``memory_needed`` memory states (the largest need of ``windows``) and the segment; one
-        position score per distance up to the largest window (every key for a full head), clamped
-        per head to its own farthest distance ``w - 1`` (what a sink outside the window gets).
-        Returns (B, G, L, D)."""
-        b, length, g, d = q_u.shape
-        m_len = 0 if memory is None else memory.shape[1]
-        reach = None if None in windows else max(windows)
-        m = self.memory_needed(reach, m_len)
-        start = seen - m  # stream position of the first memory state read
-        n_prefix = 0 if sinks is None else max(0, min(sinks.shape[1], start))
-        k, v = k.transpose(1, 2), v.transpose(1, 2)  # (B, G, L, D)
-        if n_prefix or m:
-            parts = ([sinks[:, :n_prefix]] if n_prefix else []) + ([memory[:, m_len - m:]] if m else [])
-            past = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-            kv_past = F.linear(past, torch.cat([w_k, w_v]))
-            k_past, v_past = kv_past.view(b, -1, 2, g, d).permute(2, 0, 3, 1, 4)
-            k, v = torch.cat([k_past, k], dim=2), torch.cat([v_past, v], dim=2)
-        lk = k.shape[2]
-        num_dist = lk if reach is None else min(reach, lk)
-        r = F.linear(self.positions(num_dist, q_u.dtype), w_r).view(num_dist, g, d)
+    def _attend(self, windows: List[Window], q_u, q_v, k, v, r, sinks_in_keys: int) -> torch.Tensor:
+        """Attention of one pass (a window group, or every head merged) with its ``windows``:
+        q_u, q_v (B, L, G, D) of the segment; k, v (B, G, Lk, D) = the sink states before the
+        memory slice it reads, the last memory states it needs and the segment; r (R, G, D) the
+        projected encodings of distances 0 .. R - 1 (R = the largest window, or every key for a
+        full head), clamped per head to its own farthest distance ``w - 1`` (what a sink outside
+        the window gets). Returns (B, G, L, D)."""
+        num_dist, g, d = r.shape
         if sinks_in_keys and any(w is not None and w < num_dist for w in windows):
             # merged heads: distances beyond a head's window (only its sinks) read its w - 1
             idx = _clamped_distances(tuple(windows), num_dist, r.device)
