@@ -219,6 +219,59 @@ def time_attention_layers(shape: dict, seg: int, reps: int, warmup: int, device=
             "core_mswa_over_swa_time": core["mswa"] / core["swa"] if core["swa"] > 0 else None}
 
 
+def time_layouts(shape: dict, seg: int, reps: int, warmup: int, device="cpu") -> list:
+    """Forward + backward time of each distinct MSWA layer of ``shape`` alone (batch
+    ``shape['batch']``, steady-state memory), ``grouped`` against ``merged``, timed interleaved;
+    beside each the layout ``auto`` picks (:func:`fairseq_mswa.kernels.plan.prefer_merged`) and
+    what the plan's cost model counts (passes, FLOPs): the data that calibrates the model."""
+    from fairseq_mswa.kernels.plan import layer_seconds, pass_flops, prefer_merged
+    from fairseq_mswa.kernels.common import window_groups
+
+    sched = build_schedule(shape["layers"], shape["heads"], shape["base_window"], "mswa")
+    b, e, h = shape["batch"], shape["dim"], shape["heads"]
+    d = e // h
+    out, seen = [], set()
+    for i in range(sched.num_layers):
+        windows = tuple(sched.layer(i))
+        if windows in seen:
+            continue
+        seen.add(windows)
+        mem_len = sched.max_window(i) - 1
+        torch.manual_seed(0)
+        layer = RelMultiheadWindowAttention(e, h, windows).to(device)
+        x = torch.randn(b, seg, e, device=device, requires_grad=True)
+        mem = torch.randn(b, mem_len, e, device=device)
+
+        def step(strategy):
+            layer.strategy = strategy
+            _sync(device)
+            t0 = time.perf_counter()
+            layer(x, mem, 0).sum().backward()
+            _sync(device)
+            return time.perf_counter() - t0
+
+        for _ in range(warmup):
+            step("grouped"), step("merged")
+        t = {"grouped": [], "merged": []}
+        for rep in range(reps):
+            for strategy in (("grouped", "merged") if rep % 2 == 0 else ("merged", "grouped")):
+                t[strategy].append(step(strategy))
+        med = {k: statistics.median(v) for k, v in t.items()}
+        groups = window_groups(windows)
+        out.append({
+            "layer": i, "windows": list(windows), "batch": b, "segment": seg, "memory": mem_len,
+            "median_s": med, "faster": min(med, key=med.get),
+            "auto": "merged" if prefer_merged(windows, b, seg, mem_len, d) else "grouped",
+            "passes": {"grouped": len(groups), "merged": 1},
+            "flops": {"grouped": sum(pass_flops([w] * len(hs), b, seg, mem_len, d, e)
+                                     for w, hs in groups),
+                      "merged": pass_flops(list(windows), b, seg, mem_len, d, e)},
+            "model_s": {k: layer_seconds(windows, b, seg, mem_len, d, k == "merged")
+                        for k in ("grouped", "merged")},
+        })
+    return out
+
+
 def attention_layer_flops(pattern: str, shape: dict, seg: int) -> float:
     """Needed forward FLOPs of the XL attention layers alone (segment projections included),
     as ``step_flops`` counts them: their MSWA / SWA ratio is what the layer time can reach."""
@@ -371,6 +424,19 @@ def markdown(result) -> str:
                   f"-> attn_layers_mswa_over_swa_time = {a['mswa_over_swa_time']:.3f}, "
                   f"attn_core_mswa_over_swa_time = {a['core_mswa_over_swa_time']:.3f} (cost model: "
                   "225/256 = 0.879).", ""]
+    if result.get("layouts"):
+        hit, total = result["layouts_auto_picks_faster"]
+        lines += [f"Layouts of each distinct MSWA layer alone (forward + backward, grouped vs merged; "
+                  f"`auto` = the plan's pick, kernels/plan.py): auto picks the faster in {hit} of "
+                  f"{total} layers.", "",
+                  "| shape @ segment | windows | grouped ms | merged ms | faster | auto |",
+                  "|---|---|---|---|---|---|"]
+        for key, layers in result["layouts"].items():
+            for x in layers:
+                lines.append(f"| {key} | {x['windows'][0]}..{x['windows'][-1]} | "
+                             f"{1e3 * x['median_s']['grouped']:.2f} | {1e3 * x['median_s']['merged']:.2f} | "
+                             f"{x['faster']} | {x['auto']} |")
+        lines.append("")
     if result.get("step_gflops"):
         lines += ["Needed GFLOPs per step (`step_flops`, times the batch): " + ", ".join(
             f"{k} {v}" for k, v in result["step_gflops"].items()), ""]
@@ -406,6 +472,8 @@ def main(argv=None):
                    help="torch.optim.Adam implementation (default fused: the fastest on CPU)")
     p.add_argument("--no-attn-layers", action="store_true",
                    help="skip timing the XL attention layers alone (SWA vs MSWA)")
+    p.add_argument("--no-layouts", action="store_true",
+                   help="skip timing each MSWA layer alone, grouped vs merged (the plan's data)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="where the models train (cuda: the first GPU; timings synchronise it)")
@@ -444,7 +512,7 @@ def main(argv=None):
     prov = provenance(script_command("bench_train.py", argv), args.device, torch.get_num_threads())
     info = prov["machine"]
     t0 = time.time()
-    rows, profiles, rat, targets, flops = [], {}, {}, {}, {}
+    rows, profiles, rat, targets, flops, layouts = [], {}, {}, {}, {}, {}
     attn = None
     for name, shape in shapes.items():
         measured = run_shape(args, name, shape)
@@ -457,6 +525,10 @@ def main(argv=None):
         flops.update({f"{name}:{v}@{n}": shape["batch"] * step_flops(v, shape, n, args.vocab)
                       for v in shape["variants"] for n in segments})
         hi = segments[-1]
+        if not args.no_layouts:
+            for seg in segments:
+                print(f"layouts of {name}'s MSWA layers, segment {seg} ...", file=sys.stderr)
+                layouts[f"{name}@{seg}"] = time_layouts(shape, seg, args.reps, args.warmup, args.device)
         if f"{name}:xl_full@{hi}" in flops and f"{name}:transformer_lm@{hi}" in flops:
             rat[f"full_over_transformer_lm_{hi}_inherent"] = (flops[f"{name}:transformer_lm@{hi}"]
                                                               / flops[f"{name}:xl_full@{hi}"])
@@ -503,6 +575,9 @@ def main(argv=None):
         "pass": {k: check(top[k], targets[k]) for k in rat},
         "rows": rows,
         "attention_layers": attn,
+        "layouts": layouts,
+        "layouts_auto_picks_faster": (sum(x["auto"] == x["faster"] for v in layouts.values() for x in v),
+                                      sum(len(v) for v in layouts.values())),
         "step_gflops": {k: round(v / 1e9, 3) for k, v in flops.items()},
     }
     # every ratio at the top level too (its median), one key each
