@@ -275,3 +275,20 @@ def test_inputs_are_checked_once_per_call(monkeypatch):
             fn(q, k, v, [4])
     with pytest.raises(ValueError, match="dropout_p"):
         dense_window_attention(q, k, v, [4, None], dropout_p=1.5)
+
+
+@pytest.mark.parametrize("r", [3, 12, 20])  # R below, equal to and above Lk
+def test_distance_bias_is_the_gather_by_copies(r):
+    """dense.distance_bias (copies) == dense.distance_scores (gather) at every causal pair, in
+    values and in the gradient it passes to pos_scores."""
+    from fairseq_mswa.kernels.dense import distance_bias, distance_scores
+
+    lq, lk = 7, 12  # a memory prefix of 5 keys
+    causal = (torch.arange(lk - lq, lk)[:, None] >= torch.arange(lk)[None, :])
+    ps = torch.randn(2, 3, lq, r, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 3, lq, lk, dtype=torch.float64) * causal
+    a, b = distance_bias(ps, lk), distance_scores(ps, lk)
+    torch.testing.assert_close(a[..., causal], b[..., causal], rtol=0, atol=0)
+    ga, = torch.autograd.grad((a * w).sum(), ps)
+    gb, = torch.autograd.grad((b * w).sum(), ps)
+    torch.testing.assert_close(ga, gb, rtol=1e-12, atol=1e-12)

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from .common import Windows, check_inputs, group_heads
-from .dense import distance_scores, visibility_mask
+from .dense import distance_bias, visibility_mask
 
 # Query block size per window, tuned on a 2-core CPU (scripts/bench_attention.py, fwd+bwd of
 # 2-head groups at L=4096): the work per query is bq + w - 1 keys, so small windows want small
@@ -229,22 +229,9 @@ def _dense_group(q, k, v, w, sinks, pos_scores, dropout_p, scale):
     if pos_scores is None:
         attn_mask = mask
     else:
-        if pos_scores.shape[-1] == lk:  # one score per distance (XL full heads): relative shift
-            bias = _skew_full(pos_scores)
-        else:
-            bias = distance_scores(pos_scores[:, None], lk)[:, 0]
+        bias = distance_bias(pos_scores, lk)  # the relative shift (copies, no gather)
         attn_mask = bias + torch.zeros(mask.shape, dtype=bias.dtype, device=bias.device).masked_fill(
             ~mask, float("-inf"))
     if attn_mask.requires_grad and q.device.type == "cpu":  # see _windowed_group
         return _attend_small(q, k, v, attn_mask, dropout_p, scale)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
-
-
-def _skew_full(pos_scores: torch.Tensor) -> torch.Tensor:
-    """Scores by distance (..., Lq, Lk) -> by key (..., Lq, Lk) for queries at key positions
-    ``Lk - Lq + i``: ``out[i, j] = pos_scores[i, Lk - Lq + i - j]`` for causal (i, j), anything
-    for future keys (masked by the caller). Transformer-XL's relative shift without a gather."""
-    *lead, lq, lk = pos_scores.shape
-    width = lk + lq
-    flat = F.pad(pos_scores.flip(-1), (0, lq)).reshape(*lead, lq * width)
-    return flat[..., lq - 1: lq - 1 + lq * (width - 1)].view(*lead, lq, width - 1)[..., :lk]

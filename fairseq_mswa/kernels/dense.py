@@ -48,6 +48,23 @@ def distance_scores(pos_scores: torch.Tensor, lk: int) -> torch.Tensor:
     return pos_scores.gather(-1, idx)
 
 
+def distance_bias(pos_scores: torch.Tensor, lk: int) -> torch.Tensor:
+    """:func:`distance_scores` by copies only (no gather, whose backward is a slow scatter):
+    the same (B, H, Lq, Lk) values at every causal (query, key) pair; entries of future keys
+    (j > query position) are unspecified (every kernel masks them). Distances >= R read column
+    R - 1 (the clamp), by repeating it up to Lk columns; then Transformer-XL's relative shift."""
+    r = pos_scores.shape[-1]
+    if r < lk:
+        pos_scores = torch.cat([pos_scores, pos_scores[..., r - 1:].expand(
+            *pos_scores.shape[:-1], lk - r)], dim=-1)
+    elif r > lk:
+        pos_scores = pos_scores[..., :lk]  # distances >= Lk never occur
+    *lead, lq, _ = pos_scores.shape
+    width = lk + lq
+    flat = F.pad(pos_scores.flip(-1), (0, lq)).reshape(*lead, lq * width)
+    return flat[..., lq - 1: lq - 1 + lq * (width - 1)].view(*lead, lq, width - 1)[..., :lk]
+
+
 def softmax_precision(dtype: torch.dtype) -> torch.dtype:
     """The precision rule of every kernel that materialises scores: half precision (fp16/bf16)
     takes its softmax in float32; float32 / float64 keep their own precision."""
@@ -82,7 +99,7 @@ def dense_window_attention_unchecked(q, k, v, windows: Windows, sink_tokens=0, p
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale
     if pos_scores is not None:
-        scores = scores + distance_scores(pos_scores, lk)
+        scores = scores + distance_bias(pos_scores, lk)
     mask = visibility_mask(lq, lk, windows, sink_tokens, q.device)
     scores = scores.masked_fill(~mask, float("-inf"))
     probs = softmax_probs(scores, q.dtype)
