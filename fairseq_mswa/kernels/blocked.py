@@ -25,7 +25,10 @@ are computed together):
 * ``pos_scores`` (B, H, Lq, R) become the per-block additive bias by gathering at the
   clamped distance, so their gradient flows through ``gather``;
 * full heads (``None``) and windows that reach every key use one causal SDPA call (``is_causal``
-  when there is no memory prefix, an explicit (Lq, Lk) mask otherwise): O(n^2) as they must be.
+  when there is no memory prefix, an explicit (Lq, Lk) mask otherwise): O(n^2) as they must be;
+* learned sinks (``sink_logits``): every block's span gets one more key, of zeros, whose additive
+  mask entry is the head's sink logit (:func:`_append_learned_sink`): its probability is the
+  sink's and its value adds nothing, so the softmax is the dense reference's with its sink column.
 
 Dropout is applied to each block's probabilities (SDPA's ``dropout_p``, or ``F.dropout`` on the
 matmul path): the same distribution as dropping the dense probabilities.
@@ -38,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from .common import Windows, check_inputs, group_heads
-from .dense import distance_bias, visibility_mask
+from .dense import distance_bias, visibility_mask, with_sink_column
 
 # Query block size per window, tuned on a 2-core CPU (scripts/bench_attention.py, fwd+bwd of
 # 2-head groups at L=4096): the work per query is bq + w - 1 keys, so small windows want small
@@ -101,10 +104,10 @@ def _key_blocks(x: torch.Tensor, p0: int, lc: int, w: int, bq: int) -> torch.Ten
     return ext.unfold(1, bq + w - 1, bq).transpose(-1, -2)
 
 
-def _windowed_group(q, k, v, w, sinks, pos_scores, dropout_p, scale, bq):
+def _windowed_group(q, k, v, w, sinks, pos_scores, dropout_p, scale, bq, sink_logits=None):
     """One group of heads sharing window ``w`` < Lk: q (N, Lq, D), k/v (N, Lk, D),
-    pos_scores (N, Lq, R) or None, N = batch * heads of the group. Returns (N, Lq, D).
-    All blocks go through one SDPA call."""
+    pos_scores (N, Lq, R) or None, sink_logits (N,) or None, N = batch * heads of the group.
+    Returns (N, Lq, D). All blocks go through one SDPA call."""
     n, lq, d = q.shape
     p0 = k.shape[1] - lq  # key position of the first query (the memory length)
     nb = -(-lq // bq)
@@ -138,12 +141,28 @@ def _windowed_group(q, k, v, w, sinks, pos_scores, dropout_p, scale, bq):
                 bias = torch.cat([bias, psb.gather(-1, idx)], dim=-1)
         attn_mask = bias + torch.zeros(mask.shape, dtype=bias.dtype, device=bias.device).masked_fill(
             ~mask, float("-inf"))
+    if sink_logits is not None:
+        attn_mask, kb, vb = _append_learned_sink(attn_mask, kb, vb, sink_logits)
     # fused SDPA on CPU has no gradient for a float mask: with a differentiable bias it falls back
     # to its (slower, safe-softmax) math path, so the plain path serves that case directly
     small = kb.shape[2] <= SMALL_SPAN or (attn_mask.requires_grad and q.device.type == "cpu")
     attend = _attend_small if small else F.scaled_dot_product_attention
     out = attend(qb, kb, vb, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
     return out.reshape(n, nb * bq, d)[:, :lq]
+
+
+def _append_learned_sink(attn_mask, k, v, sink_logits):
+    """One key of zeros per row whose mask entry is the row's learned sink logit.
+
+    attn_mask bool or float, broadcastable to (N, ..., Lq, S); k, v (N, ..., S, D); sink_logits
+    (N,). Returns the float mask (N, ..., Lq, S + 1) and k, v (N, ..., S + 1, D)."""
+    if attn_mask.dtype == torch.bool:
+        attn_mask = torch.zeros(attn_mask.shape, dtype=k.dtype, device=k.device).masked_fill(
+            ~attn_mask, float("-inf"))
+    lead, lq = k.shape[:-2], attn_mask.shape[-2]
+    attn_mask = with_sink_column(attn_mask.expand(*lead, lq, attn_mask.shape[-1]), sink_logits)
+    zero = k.new_zeros(*lead, 1, k.shape[-1])
+    return attn_mask, torch.cat([k, zero], dim=-2), torch.cat([v, zero], dim=-2)
 
 
 def _skew(psb: torch.Tensor, bq: int) -> torch.Tensor:
@@ -170,11 +189,11 @@ def _attend_small(q, k, v, attn_mask, dropout_p, scale):
     return torch.matmul(probs, v)
 
 
-def _full_group(q, k, v, sinks, pos_scores, dropout_p, scale):
+def _full_group(q, k, v, sinks, pos_scores, dropout_p, scale, sink_logits=None):
     """Heads with full causal attention (memory prefix aware). Shapes as ``_windowed_group``."""
-    if q.shape[1] == k.shape[1] and pos_scores is None:
+    if q.shape[1] == k.shape[1] and pos_scores is None and sink_logits is None:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, scale=scale)
-    return _dense_group(q, k, v, None, sinks, pos_scores, dropout_p, scale)
+    return _dense_group(q, k, v, None, sinks, pos_scores, dropout_p, scale, sink_logits)
 
 
 def blocked_window_attention(
@@ -186,18 +205,20 @@ def blocked_window_attention(
     pos_scores: Optional[torch.Tensor] = None,
     dropout_p: float = 0.0,
     scale: Optional[float] = None,
+    sink_logits: Optional[torch.Tensor] = None,
     block_size: Optional[int] = None,
 ) -> torch.Tensor:
     """Blocked window attention. q (B, H, Lq, D), k/v (B, H, Lk, D), windows one per head,
-    pos_scores (B, H, Lq, R) or None. Returns (B, H, Lq, D). ``block_size`` overrides
-    :func:`default_block_size`."""
-    check_inputs(q, k, v, windows, sink_tokens, pos_scores, dropout_p)
+    pos_scores (B, H, Lq, R) or None, sink_logits (H,) or None. Returns (B, H, Lq, D).
+    ``block_size`` overrides :func:`default_block_size`."""
+    check_inputs(q, k, v, windows, sink_tokens, pos_scores, dropout_p, sink_logits)
     return blocked_window_attention_unchecked(q, k, v, windows, sink_tokens, pos_scores,
-                                              dropout_p, scale, block_size)
+                                              dropout_p, scale, sink_logits, block_size)
 
 
 def blocked_window_attention_unchecked(q, k, v, windows: Windows, sink_tokens=0, pos_scores=None,
-                                       dropout_p=0.0, scale=None, block_size=None) -> torch.Tensor:
+                                       dropout_p=0.0, scale=None, sink_logits=None,
+                                       block_size=None) -> torch.Tensor:
     """``blocked_window_attention`` without the input checks (``window_attention`` ran them)."""
     b, h, lq, d = q.shape
     lk = k.shape[2]
@@ -205,23 +226,25 @@ def blocked_window_attention_unchecked(q, k, v, windows: Windows, sink_tokens=0,
     groups = group_heads(windows, lk)
     parts = zip(*(groups.split(x, 1) if x is not None else [None] * len(groups)
                   for x in (q, k, v, pos_scores)))
+    logits = [None] * len(groups) if sink_logits is None else groups.split(sink_logits, 0)
     outs = []
-    for (w, heads), (qg, kg, vg, pg) in zip(groups, parts):
+    for (w, heads), (qg, kg, vg, pg), sg in zip(groups, parts, logits):
         n = b * len(heads)
         qg, kg, vg = (x.reshape(n, -1, d) for x in (qg, kg, vg))
         pg = None if pg is None else pg.reshape(n, lq, -1)
+        sg = None if sg is None else sg.repeat(b)  # (N,): row bi * G + g is head g's
         bq = block_size or (default_block_size(w) if w is not None else lq)
         if w is None:
-            og = _full_group(qg, kg, vg, sink_tokens, pg, dropout_p, scale)
+            og = _full_group(qg, kg, vg, sink_tokens, pg, dropout_p, scale, sg)
         elif bq >= lq:  # a single block would already span the keys
-            og = _dense_group(qg, kg, vg, w, sink_tokens, pg, dropout_p, scale)
+            og = _dense_group(qg, kg, vg, w, sink_tokens, pg, dropout_p, scale, sg)
         else:
-            og = _windowed_group(qg, kg, vg, w, sink_tokens, pg, dropout_p, scale, bq)
+            og = _windowed_group(qg, kg, vg, w, sink_tokens, pg, dropout_p, scale, bq, sg)
         outs.append(og.view(b, len(heads), lq, d))
     return groups.merge(outs, 1)
 
 
-def _dense_group(q, k, v, w, sinks, pos_scores, dropout_p, scale):
+def _dense_group(q, k, v, w, sinks, pos_scores, dropout_p, scale, sink_logits=None):
     """One masked (Lq, Lk) SDPA call for a group with window ``w`` (None = full): full heads
     with a memory prefix or distance scores, and windows whose single block spans the keys."""
     lk = k.shape[1]
@@ -232,6 +255,8 @@ def _dense_group(q, k, v, w, sinks, pos_scores, dropout_p, scale):
         bias = distance_bias(pos_scores, lk)  # the relative shift (copies, no gather)
         attn_mask = bias + torch.zeros(mask.shape, dtype=bias.dtype, device=bias.device).masked_fill(
             ~mask, float("-inf"))
+    if sink_logits is not None:
+        attn_mask, k, v = _append_learned_sink(attn_mask, k, v, sink_logits)
     if attn_mask.requires_grad and q.device.type == "cpu":  # see _windowed_group
         return _attend_small(q, k, v, attn_mask, dropout_p, scale)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)

@@ -3,7 +3,7 @@ checks, "a window that reaches every key is full attention" and grouping heads b
 
 Shapes (all backends): q (B, H, Lq, D); k, v (B, H, Lk, D) with Lk >= Lq (the first Lk - Lq keys
 are a memory prefix); ``windows`` one entry per head (int >= 1, or None = full causal
-attention); ``pos_scores`` (B, H, Lq, R) or None. Semantics: :mod:`fairseq_mswa.kernels.dense`.
+attention); ``pos_scores`` (B, H, Lq, R) or None; ``sink_logits`` (H,) or None. Semantics: :mod:`fairseq_mswa.kernels.dense`.
 """
 
 from functools import lru_cache
@@ -19,7 +19,7 @@ BACKENDS = ("auto", "dense", "blocked", "flex", "flash")
 
 
 def check_inputs(q, k, v, windows: Windows, sink_tokens: int = 0, pos_scores=None,
-                 dropout_p: float = 0.0) -> None:
+                 dropout_p: float = 0.0, sink_logits=None) -> None:
     """Shape and argument checks common to all backends; raises ValueError naming the mismatch.
 
     ``window_attention`` runs them once per call; the public backend functions run them when
@@ -43,6 +43,9 @@ def check_inputs(q, k, v, windows: Windows, sink_tokens: int = 0, pos_scores=Non
             f"pos_scores must be (batch, heads, queries, R) = ({b}, {h}, {lq}, R), "
             f"got {tuple(pos_scores.shape)}"
         )
+    if sink_logits is not None and (sink_logits.dim() != 1 or sink_logits.shape[0] != h):
+        raise ValueError(f"sink_logits must be (heads,) = ({h},): one learned sink logit per head, "
+                         f"got {tuple(sink_logits.shape)}")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
 

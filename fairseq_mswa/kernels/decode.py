@@ -9,7 +9,9 @@ cache). One piece with every key visible goes through one fused SDPA call.
 
 Shapes: q (B, G, Lq, D); piece k, v (B, G, n, D), ``dist`` (Lq, n) long, ``visible`` (Lq, n) bool
 or None (all visible); ``pos_scores`` (B, G, Lq, R) or None: the score of a key at distance d
-gains ``pos_scores[..., min(d, R - 1)]`` (the convention of ``window_attention``).
+gains ``pos_scores[..., min(d, R - 1)]`` (the convention of ``window_attention``);
+``sink_logits`` (G,) or None: learned sinks, one more softmax column per head, dropped after the
+softmax (as :func:`~fairseq_mswa.kernels.dense.with_sink_column` in the dense reference).
 """
 
 from typing import NamedTuple, Optional, Sequence
@@ -18,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .dense import softmax_probs
+from .dense import softmax_probs, with_sink_column
 
 
 class KeyPiece(NamedTuple):
@@ -39,9 +41,10 @@ def _bias(pos_scores: Tensor, dist: Tensor) -> Tensor:
 
 
 def attend_pieces(q: Tensor, pieces: Sequence[KeyPiece], scale: float,
-                  pos_scores: Optional[Tensor] = None) -> Tensor:
+                  pos_scores: Optional[Tensor] = None,
+                  sink_logits: Optional[Tensor] = None) -> Tensor:
     """Softmax attention of q (B, G, Lq, D) over the keys of ``pieces``. Returns (B, G, Lq, D)."""
-    if len(pieces) == 1 and pieces[0].visible is None:  # one fused kernel
+    if len(pieces) == 1 and pieces[0].visible is None and sink_logits is None:  # one fused kernel
         k, v, dist, _ = pieces[0]
         bias = None if pos_scores is None else _bias(pos_scores, dist)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
@@ -51,7 +54,10 @@ def attend_pieces(q: Tensor, pieces: Sequence[KeyPiece], scale: float,
         if pos_scores is not None:
             sc = sc + _bias(pos_scores, p.dist)
         scores.append(sc if p.visible is None else sc.masked_fill(~p.visible, float("-inf")))
-    probs = softmax_probs(torch.cat(scores, dim=-1) if len(scores) > 1 else scores[0], q.dtype)
+    joined = torch.cat(scores, dim=-1) if len(scores) > 1 else scores[0]
+    if sink_logits is not None:  # heads lead in (G, B, Lq, n)
+        joined = with_sink_column(joined.transpose(0, 1), sink_logits).transpose(0, 1)
+    probs = softmax_probs(joined, q.dtype)  # a sink's column (the last) is never read below
     out, offset = None, 0
     for p in pieces:
         n = p.k.shape[2]

@@ -10,6 +10,10 @@ Conventions shared by every backend (see ``window_attention``):
 * ``pos_scores``: optional (B, H, Lq, R) additive score by distance: the score of query ``i``
   and key ``j`` gains ``pos_scores[b, h, i, min(p - j, R - 1)]`` (Transformer-XL's position term
   with its ``clamp_len`` behaviour for distances beyond R - 1).
+* ``sink_logits``: optional (H,) learned attention sinks (gpt-oss): head h's softmax gets one more
+  column of logit ``sink_logits[h]`` that is dropped after the softmax (a key of value 0 that every
+  query sees with that score), so a head can give part of its weight to "nothing". It adds no key
+  to the cache or the cost: :func:`with_sink_column`.
 """
 
 from typing import Optional
@@ -65,6 +69,16 @@ def distance_bias(pos_scores: torch.Tensor, lk: int) -> torch.Tensor:
     return flat[..., lq - 1: lq - 1 + lq * (width - 1)].view(*lead, lq, width - 1)[..., :lk]
 
 
+def with_sink_column(scores: torch.Tensor, sink_logits: torch.Tensor) -> torch.Tensor:
+    """Scores (N, ..., Lq, Lk) -> (N, ..., Lq, Lk + 1): the learned sink's logit appended as the
+    last column; ``sink_logits`` has one entry per index of the leading dim N (heads, or
+    batch x heads flattened), broadcast over the rest. The caller drops the column's probability
+    (its value is 0)."""
+    shape = (scores.shape[0],) + (1,) * (scores.dim() - 1)
+    col = sink_logits.to(scores.dtype).view(shape).expand(*scores.shape[:-1], 1)
+    return torch.cat([scores, col], dim=-1)
+
+
 def softmax_precision(dtype: torch.dtype) -> torch.dtype:
     """The precision rule of every kernel that materialises scores: half precision (fp16/bf16)
     takes its softmax in float32; float32 / float64 keep their own precision."""
@@ -85,15 +99,16 @@ def dense_window_attention(
     pos_scores: Optional[torch.Tensor] = None,
     dropout_p: float = 0.0,
     scale: Optional[float] = None,
+    sink_logits: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Reference: materialise all (Lq, Lk) scores, mask, softmax. Returns (B, H, Lq, D)."""
-    check_inputs(q, k, v, windows, sink_tokens, pos_scores, dropout_p)
+    check_inputs(q, k, v, windows, sink_tokens, pos_scores, dropout_p, sink_logits)
     return dense_window_attention_unchecked(q, k, v, windows, sink_tokens, pos_scores, dropout_p,
-                                            scale)
+                                            scale, sink_logits)
 
 
 def dense_window_attention_unchecked(q, k, v, windows: Windows, sink_tokens=0, pos_scores=None,
-                                     dropout_p=0.0, scale=None) -> torch.Tensor:
+                                     dropout_p=0.0, scale=None, sink_logits=None) -> torch.Tensor:
     """``dense_window_attention`` without the input checks (``window_attention`` ran them)."""
     lq, lk = q.shape[2], k.shape[2]
     scale = q.shape[-1] ** -0.5 if scale is None else scale
@@ -102,7 +117,11 @@ def dense_window_attention_unchecked(q, k, v, windows: Windows, sink_tokens=0, p
         scores = scores + distance_bias(pos_scores, lk)
     mask = visibility_mask(lq, lk, windows, sink_tokens, q.device)
     scores = scores.masked_fill(~mask, float("-inf"))
-    probs = softmax_probs(scores, q.dtype)
+    if sink_logits is not None:  # (B, H, ...): one logit per head, the same for every batch row
+        scores = with_sink_column(scores.transpose(0, 1), sink_logits).transpose(0, 1)
+        probs = softmax_probs(scores, q.dtype)[..., :-1]
+    else:
+        probs = softmax_probs(scores, q.dtype)
     if dropout_p > 0:
         probs = F.dropout(probs, p=dropout_p, training=True)
     return torch.matmul(probs, v)

@@ -4,7 +4,7 @@ Semantics are those of :func:`fairseq_mswa.kernels.dense.dense_window_attention`
 what flash-attn computes: causal attention aligned to the bottom right (query ``i`` at key
 position ``Lk - Lq + i``, flash-attn >= 2.1) and ``window_size=(w - 1, 0)`` (the ``w`` keys
 ending at the query); full heads use ``(-1, -1)``. Heads that share a window go in one call.
-No sink tokens, no ``pos_scores``: ``unsupported_reason`` says so and the dispatcher picks
+No sink tokens, no learned sinks, no ``pos_scores``: ``unsupported_reason`` says so and the dispatcher picks
 another backend. flash-attn is imported lazily (it is optional).
 """
 
@@ -24,8 +24,11 @@ def _import_flash():
     return flash_attn_func
 
 
-def unsupported_reason(q, k, v, windows, sink_tokens, pos_scores, dropout_p) -> Optional[str]:
+def unsupported_reason(q, k, v, windows, sink_tokens, pos_scores, dropout_p,
+                       sink_logits=None) -> Optional[str]:
     """None when this backend can serve the inputs, else why not."""
+    if sink_logits is not None:
+        return "flash-attn 2 has no learned sinks (sink_logits)"
     if q.device.type != "cuda":
         return f"flash-attn needs CUDA tensors, got device {q.device.type}"
     if q.dtype not in (torch.float16, torch.bfloat16):
@@ -50,11 +53,12 @@ def flash_window_attention(
     pos_scores: Optional[torch.Tensor] = None,
     dropout_p: float = 0.0,
     scale: Optional[float] = None,
+    sink_logits: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """flash-attn window attention. q (B, H, Lq, D), k/v (B, H, Lk, D). Returns (B, H, Lq, D).
     Raises ValueError when it cannot serve the inputs."""
-    check_inputs(q, k, v, windows, sink_tokens, pos_scores, dropout_p)
-    reason = unsupported_reason(q, k, v, windows, sink_tokens, pos_scores, dropout_p)
+    check_inputs(q, k, v, windows, sink_tokens, pos_scores, dropout_p, sink_logits)
+    reason = unsupported_reason(q, k, v, windows, sink_tokens, pos_scores, dropout_p, sink_logits)
     if reason:
         raise ValueError(f"flash backend: {reason}; use backend='blocked' or 'flex'")
     return flash_window_attention_unchecked(q, k, v, windows, sink_tokens, pos_scores, dropout_p,
@@ -62,7 +66,7 @@ def flash_window_attention(
 
 
 def flash_window_attention_unchecked(q, k, v, windows: Windows, sink_tokens=0, pos_scores=None,
-                                     dropout_p=0.0, scale=None) -> torch.Tensor:
+                                     dropout_p=0.0, scale=None, sink_logits=None) -> torch.Tensor:
     """``flash_window_attention`` without the checks (``window_attention`` ran them, and
     ``unsupported_reason``)."""
     flash_attn_func = _import_flash()

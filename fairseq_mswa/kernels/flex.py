@@ -5,6 +5,9 @@ Semantics are those of :func:`fairseq_mswa.kernels.dense.dense_window_attention`
 * ``mask_mod`` reads each head's window from a (H,) tensor (full heads get a window longer
   than any sequence), shifts queries by the memory length and adds the sink keys;
 * ``score_mod`` adds ``pos_scores[b, h, i, min(distance, R - 1)]`` when given;
+* learned sinks (``sink_logits``): FlexAttention returns the log-sum-exp ``lse`` of each row's
+  visible scores; a sink of logit ``s`` scales the row's output by ``exp(lse) / (exp(lse) +
+  exp(s)) = sigmoid(lse - s)`` (the dense reference's extra softmax column, folded in);
 * block masks are cached in :data:`BLOCK_MASK_CACHE`, an explicit LRU owned by this module,
   keyed by (Lq, Lk, windows, sinks, device); :func:`clear_block_mask_cache` empties it.
 
@@ -64,17 +67,34 @@ def clear_block_mask_cache() -> None:
     BLOCK_MASK_CACHE.clear()
 
 
-def unsupported_reason(q, k, v, windows, sink_tokens, pos_scores, dropout_p) -> Optional[str]:
+def unsupported_reason(q, k, v, windows, sink_tokens, pos_scores, dropout_p,
+                       sink_logits=None) -> Optional[str]:
     """None when this backend can serve the inputs, else why not."""
     if _IMPORT_ERROR:
         return _IMPORT_ERROR
     if dropout_p > 0:
         return "FlexAttention has no dropout (dropout_p > 0)"
-    if q.device.type == "cpu" and torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (q, k, v, pos_scores)
-    ):
+    grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (q, k, v, pos_scores, sink_logits))
+    if q.device.type == "cpu" and grad:
         return "FlexAttention has no backward on CPU (inputs require grad): CPU inference only"
+    if sink_logits is not None and grad:
+        # the sink is folded in through the returned log-sum-exp, whose gradient this project
+        # has not verified on a GPU: training with learned sinks runs on blocked
+        return "learned sinks in training (sink_logits through FlexAttention's log-sum-exp)"
     return None
+
+
+def _with_lse(fn, q, k, v, score_mod, block_mask, scale):
+    """(out, lse) of a FlexAttention call: ``return_aux=AuxRequest(lse=True)`` where torch has it
+    (``return_lse`` is deprecated there), else ``return_lse=True``."""
+    try:
+        from torch.nn.attention.flex_attention import AuxRequest
+    except ImportError:
+        return fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale, return_lse=True)
+    out, aux = fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
+                  return_aux=AuxRequest(lse=True))
+    return out, aux.lse
 
 
 def _window_tensor(windows: Windows, lk: int, device) -> torch.Tensor:
@@ -113,20 +133,23 @@ def flex_window_attention(
     pos_scores: Optional[torch.Tensor] = None,
     dropout_p: float = 0.0,
     scale: Optional[float] = None,
+    sink_logits: Optional[torch.Tensor] = None,
     compiled: bool = True,
 ) -> torch.Tensor:
     """FlexAttention window attention. q (B, H, Lq, D), k/v (B, H, Lk, D), pos_scores
-    (B, H, Lq, R) or None. Returns (B, H, Lq, D). Raises ValueError when it cannot serve."""
-    check_inputs(q, k, v, windows, sink_tokens, pos_scores, dropout_p)
-    reason = unsupported_reason(q, k, v, windows, sink_tokens, pos_scores, dropout_p)
+    (B, H, Lq, R) or None, sink_logits (H,) or None. Returns (B, H, Lq, D). Raises ValueError
+    when it cannot serve."""
+    check_inputs(q, k, v, windows, sink_tokens, pos_scores, dropout_p, sink_logits)
+    reason = unsupported_reason(q, k, v, windows, sink_tokens, pos_scores, dropout_p, sink_logits)
     if reason:
         raise ValueError(f"flex backend: {reason}; use backend='blocked'")
     return flex_window_attention_unchecked(q, k, v, windows, sink_tokens, pos_scores, dropout_p,
-                                           scale, compiled)
+                                           scale, sink_logits, compiled)
 
 
 def flex_window_attention_unchecked(q, k, v, windows: Windows, sink_tokens=0, pos_scores=None,
-                                    dropout_p=0.0, scale=None, compiled=True) -> torch.Tensor:
+                                    dropout_p=0.0, scale=None, sink_logits=None,
+                                    compiled=True) -> torch.Tensor:
     """``flex_window_attention`` without the checks (``window_attention`` ran them, and
     ``unsupported_reason``)."""
     lq, lk = q.shape[2], k.shape[2]
@@ -145,4 +168,8 @@ def flex_window_attention_unchecked(q, k, v, windows: Windows, sink_tokens=0, po
         fn = _COMPILED.get("flex")
         if fn is None:
             fn = _COMPILED["flex"] = torch.compile(flex_attention)
-    return fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
+    if sink_logits is None:
+        return fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
+    out, lse = _with_lse(fn, q, k, v, score_mod, block_mask, scale)  # lse (B, H, Lq), natural log
+    keep = torch.sigmoid(lse.float() - sink_logits.float().view(1, -1, 1))
+    return out * keep.to(out.dtype).unsqueeze(-1)

@@ -2,14 +2,17 @@
 
 Semantics (shared by every backend) are in :mod:`fairseq_mswa.kernels.dense`: q (B, H, Lq, D),
 k/v (B, H, Lk, D) with a memory prefix of Lk - Lq keys, one window per head (None = full),
-sink tokens, optional distance scores ``pos_scores`` (B, H, Lq, R), dropout.
+sink tokens, optional distance scores ``pos_scores`` (B, H, Lq, R), optional learned sinks
+``sink_logits`` (H,), dropout.
 
 Backends:
 
 * ``dense``   masked reference, O(Lq * Lk) memory: tests and tiny sizes;
 * ``blocked`` pure PyTorch, O(n * w), autograd, any device (:mod:`.blocked`);
-* ``flex``    FlexAttention, one kernel for all heads; no CPU backward, no dropout (:mod:`.flex`);
-* ``flash``   flash-attn ``window_size``; CUDA fp16/bf16, no sinks, no pos_scores (:mod:`.flash`);
+* ``flex``    FlexAttention, one kernel for all heads; no CPU backward, no dropout, learned
+  sinks in inference only (:mod:`.flex`);
+* ``flash``   flash-attn ``window_size``; CUDA fp16/bf16, no sinks of either kind, no pos_scores
+  (:mod:`.flash`);
 * ``auto``    CUDA: flash if it can serve the inputs, else flex, else blocked;
   CPU: dense for tiny problems (Lq * Lk <= ``DENSE_MAX_SCORES``), else blocked.
 
@@ -41,23 +44,28 @@ _FUNCTIONS: Dict[str, Callable] = {
 
 
 def unsupported_reason(
-    backend: str, q, k, v, windows: Windows, sink_tokens=0, pos_scores=None, dropout_p=0.0
+    backend: str, q, k, v, windows: Windows, sink_tokens=0, pos_scores=None, dropout_p=0.0,
+    sink_logits=None,
 ) -> Optional[str]:
     """None when ``backend`` can serve these inputs, else a sentence saying why not."""
     if backend in ("dense", "blocked"):
         return None
     if backend == "flex":
-        return _flex.unsupported_reason(q, k, v, windows, sink_tokens, pos_scores, dropout_p)
+        return _flex.unsupported_reason(q, k, v, windows, sink_tokens, pos_scores, dropout_p,
+                                        sink_logits)
     if backend == "flash":
-        return _flash.unsupported_reason(q, k, v, windows, sink_tokens, pos_scores, dropout_p)
+        return _flash.unsupported_reason(q, k, v, windows, sink_tokens, pos_scores, dropout_p,
+                                         sink_logits)
     raise ValueError(f"unknown attention backend {backend!r}: use one of {', '.join(BACKENDS)}")
 
 
-def select_backend(q, k, v, windows: Windows, sink_tokens=0, pos_scores=None, dropout_p=0.0) -> str:
+def select_backend(q, k, v, windows: Windows, sink_tokens=0, pos_scores=None, dropout_p=0.0,
+                   sink_logits=None) -> str:
     """The backend ``auto`` uses for these inputs."""
     if q.device.type == "cuda":
         for name in ("flash", "flex"):
-            if unsupported_reason(name, q, k, v, windows, sink_tokens, pos_scores, dropout_p) is None:
+            if unsupported_reason(name, q, k, v, windows, sink_tokens, pos_scores, dropout_p,
+                                  sink_logits) is None:
                 return name
         return "blocked"
     if q.shape[2] * k.shape[2] <= DENSE_MAX_SCORES:
@@ -65,12 +73,14 @@ def select_backend(q, k, v, windows: Windows, sink_tokens=0, pos_scores=None, dr
     return "blocked"
 
 
-def available_backends(q, k, v, windows: Windows, sink_tokens=0, pos_scores=None, dropout_p=0.0):
+def available_backends(q, k, v, windows: Windows, sink_tokens=0, pos_scores=None, dropout_p=0.0,
+                       sink_logits=None):
     """Backends (besides ``auto``) that can serve these inputs."""
     return [
         name
         for name in _FUNCTIONS
-        if unsupported_reason(name, q, k, v, windows, sink_tokens, pos_scores, dropout_p) is None
+        if unsupported_reason(name, q, k, v, windows, sink_tokens, pos_scores, dropout_p,
+                              sink_logits) is None
     ]
 
 
@@ -84,6 +94,7 @@ def window_attention(
     pos_scores: Optional[torch.Tensor] = None,
     dropout_p: float = 0.0,
     scale: Optional[float] = None,
+    sink_logits: Optional[torch.Tensor] = None,
     backend: str = "auto",
 ) -> torch.Tensor:
     """Causal multi-scale window attention.
@@ -96,6 +107,8 @@ def window_attention(
         pos_scores: optional (B, H, Lq, R) score added by distance min(i - j, R - 1).
         dropout_p: attention dropout (pass 0 at evaluation).
         scale: score scale, default D ** -0.5.
+        sink_logits: optional (H,) learned sink logit per head: one more softmax column, dropped
+            after the softmax (gpt-oss's attention sinks; no key is added).
         backend: one of ``BACKENDS``.
     Returns:
         (B, H, Lq, D)
@@ -103,15 +116,18 @@ def window_attention(
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}: use one of {', '.join(BACKENDS)}")
     windows = list(windows)
-    check_inputs(q, k, v, windows, sink_tokens, pos_scores, dropout_p)
+    check_inputs(q, k, v, windows, sink_tokens, pos_scores, dropout_p, sink_logits)
     if backend == "auto":
-        backend = select_backend(q, k, v, windows, sink_tokens, pos_scores, dropout_p)
+        backend = select_backend(q, k, v, windows, sink_tokens, pos_scores, dropout_p, sink_logits)
     else:
-        reason = unsupported_reason(backend, q, k, v, windows, sink_tokens, pos_scores, dropout_p)
+        reason = unsupported_reason(backend, q, k, v, windows, sink_tokens, pos_scores, dropout_p,
+                                    sink_logits)
         if reason is not None:
-            fallback = select_backend(q, k, v, windows, sink_tokens, pos_scores, dropout_p)
+            fallback = select_backend(q, k, v, windows, sink_tokens, pos_scores, dropout_p,
+                                      sink_logits)
             raise ValueError(
                 f"attention backend {backend!r} cannot serve these inputs: {reason}. "
                 f"Use backend={fallback!r} (or 'auto')."
             )
-    return _FUNCTIONS[backend](q, k, v, windows, sink_tokens, pos_scores, dropout_p, scale)
+    return _FUNCTIONS[backend](q, k, v, windows, sink_tokens, pos_scores, dropout_p, scale,
+                               sink_logits)

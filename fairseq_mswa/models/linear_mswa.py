@@ -147,7 +147,7 @@ class HybridBlock(nn.Module):
             self.mixer = LocalAttention(
                 embed_dim, heads, windows, sink_tokens=sink_tokens,
                 attention_dropout=cfg.attention_dropout, backend=str(cfg.attn_backend),
-                rope_base=cfg.rope_base,
+                rope_base=cfg.rope_base, learned_sinks=bool(getattr(cfg, "learned_sinks", False)),
             )
         self.ffn_norm = RMSNorm(embed_dim)
         self.ffn = SwiGLU(embed_dim, cfg.decoder_ffn_embed_dim, cfg.activation_dropout)

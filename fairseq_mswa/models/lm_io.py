@@ -90,10 +90,14 @@ class CheckpointFitMixin:
     """``load_state_dict`` that first checks that the checkpoint's vocabulary-sized tensors fit
     the dictionary the model was built with (fairseq builds the model from the task's data
     directory, then loads the checkpoint): one line naming the fix instead of torch's list of
-    size mismatches."""
+    size mismatches. A checkpoint trained without learned sinks loads into a model built with
+    ``--learned-sinks`` (adaptation): the missing sink logits start at their initial value."""
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        from ..modules.sinks import upgrade_learned_sinks
+
         check_dictionary_fits(self, state_dict)
+        upgrade_learned_sinks(self, state_dict, "")
         return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
 
 

@@ -101,6 +101,7 @@ class XLLayer(nn.Module):
         self.attn_norm = nn.LayerNorm(dim)
         self.attn = RelMultiheadWindowAttention(
             dim, cfg.decoder_attention_heads, windows, cfg.attention_dropout, str(cfg.attn_backend),
+            learned_sinks=bool(getattr(cfg, "learned_sinks", False)),
         )
         self.ffn_norm = nn.LayerNorm(dim)
         self.fc1 = nn.Linear(dim, cfg.decoder_ffn_embed_dim)

@@ -2,9 +2,9 @@
 
 The flag names are the user interface: ``--attn-pattern``, ``--base-window``,
 ``--window-variation``, ``--attn-windows``, ``--full-attn-layers``, ``--sink-tokens``,
-``--attn-backend``, and ``decode_full_attention`` (SWAA full-attention decode, a generation-time
+``--learned-sinks``, ``--attn-backend``, and ``decode_full_attention`` (SWAA full-attention decode, a generation-time
 override). Windows are not parameters, so all of them can be changed at evaluation time
-with ``--model-overrides``.
+with ``--model-overrides`` (``--learned-sinks`` adds parameters: it is a training choice).
 """
 
 from dataclasses import dataclass, field
@@ -52,6 +52,14 @@ class WindowAttentionConfig(FairseqDataclass):
     )
     sink_tokens: int = field(
         default=0, metadata={"help": "number of first tokens every query also attends to"}
+    )
+    learned_sinks: bool = field(
+        default=False,
+        metadata={
+            "help": "learned attention sinks (gpt-oss): every head of every windowed layer gets a "
+            "trained logit, an extra softmax column that carries no value (no key, no cost), "
+            "initialised at 0; a checkpoint without them can be fine-tuned with them"
+        },
     )
     attn_backend: ATTN_BACKEND_CHOICES = field(
         default="auto",
@@ -110,6 +118,7 @@ def check_backend(cfg, model: str, position_term: bool, training: bool = False) 
     from ..kernels import flash, flex
 
     backend, sinks = str(cfg.attn_backend), int(cfg.sink_tokens)
+    learned = bool(getattr(cfg, "learned_sinks", False))
     reason = None
     if backend == "flash":
         if position_term:
@@ -118,6 +127,9 @@ def check_backend(cfg, model: str, position_term: bool, training: bool = False) 
         elif sinks:
             reason = ("flash-attn has no sink tokens: use --attn-backend flex (GPU) or blocked, or "
                       "auto, or --sink-tokens 0")
+        elif learned:
+            reason = ("flash-attn 2 has no learned sinks: use --attn-backend blocked (training) or "
+                      "flex (GPU inference), or auto")
         elif not torch.cuda.is_available():
             reason = "flash-attn needs a CUDA GPU and none is visible: use --attn-backend auto"
         elif flash._import_flash() is None:
@@ -128,5 +140,8 @@ def check_backend(cfg, model: str, position_term: bool, training: bool = False) 
         elif training and not torch.cuda.is_available():
             reason = ("FlexAttention has no backward on CPU (it serves CPU inference only): train "
                       "with --attn-backend auto (or blocked)")
+        elif training and learned:
+            reason = ("learned sinks are trained on blocked, not flex (flex folds them in through "
+                      "its log-sum-exp at inference): train with --attn-backend auto or blocked")
     if reason is not None:
         raise ScheduleError(f"--attn-backend {backend}: {reason}")

@@ -244,7 +244,7 @@ class WindowKVCache:
         return [KeyPiece(k, v, (position - pos)[None, :]) for k, v, pos in stored]
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, *, pos_scores: Optional[Tensor] = None,
-               scale: Optional[float] = None) -> Tensor:
+               scale: Optional[float] = None, sink_logits: Optional[Tensor] = None) -> Tensor:
         """Attend the next L tokens to the cache, then store their keys/values.
 
         Args:
@@ -253,6 +253,7 @@ class WindowKVCache:
             pos_scores: optional (B, H, L, R) additive score by distance ``min(p - j, R - 1)``
                 (Transformer-XL's position term; same convention as ``window_attention``).
             scale: score scale, default D ** -0.5.
+            sink_logits: optional (H,) learned sink logit per head (``window_attention``'s).
         Returns:
             (B, H, L, D). Softmax in float32 for half-precision inputs.
         """
@@ -263,24 +264,30 @@ class WindowKVCache:
             raise ValueError(f"pos_scores must be (B, H, L, R) = ({b}, {h}, {length}, R), "
                              f"got {tuple(pos_scores.shape)}")
         ps = None if pos_scores is None else self._split(pos_scores)
+        sl = None if sink_logits is None else self.heads.split(sink_logits, 0)
         outs = self.attend_groups(self._split(q), self._split(k), self._split(v), pos_scores=ps,
-                                  scale=scale)
+                                  scale=scale, sink_logits=sl)
         return self.heads.merge(outs, 1)
 
     def attend_groups(self, qs: Sequence[Tensor], ks: Sequence[Tensor], vs: Sequence[Tensor], *,
                       pos_scores: Optional[Sequence[Optional[Tensor]]] = None,
-                      scale: Optional[float] = None) -> List[Tensor]:
+                      scale: Optional[float] = None,
+                      sink_logits: Optional[Sequence[Tensor]] = None) -> List[Tensor]:
         """:meth:`attend` with the heads already split by window group (for layers that compute
         per group, such as Transformer-XL's): one entry per group of ``self.groups`` (the order
         of :func:`window_groups`), group i's q, k, v (B, G_i, L, D) and ``pos_scores[i]``
         (B, G_i, L, R_i) or None; each group has its own number of distances R_i (XL: its
-        window). Returns the outputs per group, (B, G_i, L, D)."""
+        window), ``sink_logits[i]`` (G_i,) its learned sinks (or ``sink_logits`` None). Returns
+        the outputs per group, (B, G_i, L, D)."""
         if not (len(qs) == len(ks) == len(vs) == len(self.groups)):
             raise ValueError(f"expected one q, k, v per window group ({len(self.groups)}), got "
                              f"{len(qs)}, {len(ks)}, {len(vs)}")
         ps = [None] * len(self.groups) if pos_scores is None else list(pos_scores)
         if len(ps) != len(self.groups):
             raise ValueError(f"expected one pos_scores entry per window group ({len(self.groups)})")
+        sls = [None] * len(self.groups) if sink_logits is None else list(sink_logits)
+        if len(sls) != len(self.groups):
+            raise ValueError(f"expected one sink_logits entry per window group ({len(self.groups)})")
         b, _, length, d = qs[0].shape
         for g, qg, kg, vg, pg in zip(self.groups, qs, ks, vs, ps):
             want = (b, len(g.heads), length, d)
@@ -303,11 +310,11 @@ class WindowKVCache:
             for g, kg, vg in zip(self.groups, ks, vs):
                 g.write(kg, vg, start)
         outs = []
-        for gi, (qg, kg, vg, pg) in enumerate(zip(qs, ks, vs, ps)):
+        for gi, (qg, kg, vg, pg, sg) in enumerate(zip(qs, ks, vs, ps, sls)):
             pieces = self._decode_pieces(gi, start) if write_first else None
             if pieces is None:
                 pieces = self.pieces(gi, qpos, new=None if write_first else (kg, vg))
-            outs.append(attend_pieces(qg, pieces, scale, pg))
+            outs.append(attend_pieces(qg, pieces, scale, pg, sg))
         if not write_first:
             for g, kg, vg in zip(self.groups, ks, vs):
                 g.write(kg, vg, start)

@@ -16,6 +16,7 @@ from torch import nn
 from ..kernels.window_attention import window_attention
 from .kv_cache import WindowKVCache
 from .rotary import RotaryEmbedding
+from .sinks import learned_sink_logits
 
 
 class LocalAttention(nn.Module):
@@ -27,6 +28,7 @@ class LocalAttention(nn.Module):
         sink_tokens: first keys every query also sees (SWAA "keep first").
         attention_dropout: dropout on the attention probabilities (training only).
         backend: kernel backend of ``window_attention`` (auto, dense, blocked, flex, flash).
+        learned_sinks: one trained sink logit per head (``sink_logits``), as the XL layer's.
     """
 
     def __init__(
@@ -38,6 +40,7 @@ class LocalAttention(nn.Module):
         attention_dropout: float = 0.0,
         backend: str = "auto",
         rope_base: float = 10000.0,
+        learned_sinks: bool = False,
     ):
         super().__init__()
         if embed_dim % num_heads:
@@ -59,6 +62,7 @@ class LocalAttention(nn.Module):
         self.v_proj = nn.Linear(embed_dim, embed_dim, bias=False)
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=False)
         self.rotary = RotaryEmbedding(self.head_dim, rope_base)
+        self.sink_logits = learned_sink_logits(num_heads) if learned_sinks else None
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         b, length, _ = x.shape
@@ -85,12 +89,13 @@ class LocalAttention(nn.Module):
                 q, k, v, list(self.windows),
                 sink_tokens=self.sink_tokens,
                 dropout_p=self.attention_dropout if self.training else 0.0,
-                backend=self.backend,
+                sink_logits=self.sink_logits, backend=self.backend,
             )
         else:
-            out = cache.attend(q, k, v)
+            out = cache.attend(q, k, v, sink_logits=self.sink_logits)
         out = out.transpose(1, 2).reshape(b, length, self.embed_dim)
         return self.out_proj(out), cache
 
     def extra_repr(self) -> str:
-        return f"heads={self.num_heads}, windows={list(self.windows)}, sink_tokens={self.sink_tokens}"
+        return (f"heads={self.num_heads}, windows={list(self.windows)}, "
+                f"sink_tokens={self.sink_tokens}, learned_sinks={self.sink_logits is not None}")

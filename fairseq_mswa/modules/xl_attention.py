@@ -13,7 +13,10 @@ every head's work is proportional to its own window, as the cost model says:
   every key for a full head), computed as one matmul and handed to ``window_attention`` as
   ``pos_scores`` (the kernel adds it by distance);
 * sinks (SWAA "keep first"): a sink outside a head's window gets the position term of that
-  window's farthest distance ``w - 1`` (Transformer-XL's ``clamp_len``), whatever the segmentation.
+  window's farthest distance ``w - 1`` (Transformer-XL's ``clamp_len``), whatever the segmentation;
+* learned sinks (``learned_sinks``, gpt-oss): one trained logit per head (``sink_logits``, (H,)),
+  an extra softmax column that carries no value (``window_attention``'s ``sink_logits``); no key,
+  no memory, no position term.
 
 Memory layout (what the decoder hands over): ``memory`` holds the states at stream positions
 ``[memory_start, memory_start + M)``, right before the segment; ``sinks`` holds the states at
@@ -40,6 +43,7 @@ from ..kernels.common import HeadGroups, Window
 from ..kernels.window_attention import window_attention
 from .kv_cache import WindowKVCache
 from .relative_positions import RelativeSinusoid
+from .sinks import learned_sink_logits
 
 # How a layer lays out its window groups (``strategy``):
 #   grouped  every window group on its own (its memory slice, position table, kernel call): the
@@ -62,7 +66,8 @@ class RelMultiheadWindowAttention(nn.Module):
     """(B, L, E) segment + (B, M, E) memory (+ sink states) -> (B, L, E)."""
 
     def __init__(self, embed_dim: int, num_heads: int, windows: Sequence[Window],
-                 attention_dropout: float = 0.0, backend: str = "auto", strategy: str = "auto"):
+                 attention_dropout: float = 0.0, backend: str = "auto", strategy: str = "auto",
+                 learned_sinks: bool = False):
         super().__init__()
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} is not divisible by {num_heads} heads")
@@ -82,6 +87,7 @@ class RelMultiheadWindowAttention(nn.Module):
         self.u_bias = nn.Parameter(torch.zeros(num_heads, self.head_dim))
         self.v_bias = nn.Parameter(torch.zeros(num_heads, self.head_dim))
         self.positions = RelativeSinusoid(embed_dim)
+        self.sink_logits = learned_sink_logits(num_heads) if learned_sinks else None
         self.heads = HeadGroups(self.windows)
         self.groups = self.heads.groups
         self._kv_row_cache = {}  # device -> rows of qkv_proj.weight in group order (_kv_rows)
@@ -115,15 +121,18 @@ class RelMultiheadWindowAttention(nn.Module):
         q = F.linear(x, weight[:e]).view(b, length, self.num_heads, d)
         q_u, q_v = q + self.u_bias, (q + self.v_bias) * scale  # (B, L, H, D)
         merged = self._merged(b, length, m_len)
+        sl = self.sink_logits
         if merged:
             passes = [list(self.windows)]
             w_kv, w_r = weight[e:], self.r_proj.weight  # rows: k of every head, then v
             q_parts = [(q_u, q_v)]
+            sink_parts = [sl]
         else:
             passes = [[w] * len(heads) for w, heads in self.groups]
             w_kv = weight.index_select(0, self._kv_rows(weight.device))  # per group: k rows, v rows
             w_r = self.heads.to_group_order(self.r_proj.weight, 0, d)
             q_parts = list(zip(self.heads.split(q_u, 2), self.heads.split(q_v, 2)))
+            sink_parts = [None] * len(passes) if sl is None else self.heads.split(sl, 0)
         reaches = [None if None in ws else max(ws) for ws in passes]
         needs = [self.memory_needed(r, m_len) for r in reaches]
         m_max = max(needs)
@@ -133,7 +142,8 @@ class RelMultiheadWindowAttention(nn.Module):
                  for r, m, n in zip(reaches, needs, prefixes)]
         r_all = F.linear(self.positions(max(dists), q_u.dtype), w_r)  # (R_max, E), pass order
         outs, row, col = [], 0, 0
-        for windows, (qu, qv), m, n_prefix, num_dist in zip(passes, q_parts, needs, prefixes, dists):
+        for windows, (qu, qv), m, n_prefix, num_dist, sp in zip(passes, q_parts, needs, prefixes,
+                                                                 dists, sink_parts):
             g = len(windows)
             w_kv_p = w_kv[row:row + 2 * g * d]
             kv = F.linear(states[:, m_max - m:], w_kv_p)  # (B, m + L, 2 G D)
@@ -141,7 +151,7 @@ class RelMultiheadWindowAttention(nn.Module):
                 kv = torch.cat([F.linear(sinks[:, :n_prefix], w_kv_p), kv], dim=1)
             k, v = kv.view(b, -1, 2, g, d).permute(2, 0, 3, 1, 4)  # (B, G, Lk, D) each
             r = r_all[:num_dist, col:col + g * d].view(num_dist, g, d)
-            outs.append(self._attend(windows, qu, qv, k, v, r, sinks_in_keys))
+            outs.append(self._attend(windows, qu, qv, k, v, r, sinks_in_keys, sp))
             row, col = row + 2 * g * d, col + g * d
         out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]  # (B, H, L, D), pass order
         out = out.transpose(1, 2).reshape(b, length, e)
@@ -172,13 +182,14 @@ class RelMultiheadWindowAttention(nn.Module):
 
         return prefer_merged(self.windows, batch, length, memory_len, self.head_dim)
 
-    def _attend(self, windows: List[Window], q_u, q_v, k, v, r, sinks_in_keys: int) -> torch.Tensor:
+    def _attend(self, windows: List[Window], q_u, q_v, k, v, r, sinks_in_keys: int,
+                sink_logits: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Attention of one pass (a window group, or every head merged) with its ``windows``:
         q_u, q_v (B, L, G, D) of the segment; k, v (B, G, Lk, D) = the sink states before the
         memory slice it reads, the last memory states it needs and the segment; r (R, G, D) the
         projected encodings of distances 0 .. R - 1 (R = the largest window, or every key for a
         full head), clamped per head to its own farthest distance ``w - 1`` (what a sink outside
-        the window gets). Returns (B, G, L, D)."""
+        the window gets); sink_logits (G,) the pass's learned sinks or None. Returns (B, G, L, D)."""
         num_dist, g, d = r.shape
         if sinks_in_keys and any(w is not None and w < num_dist for w in windows):
             # merged heads: distances beyond a head's window (only its sinks) read its w - 1
@@ -188,7 +199,7 @@ class RelMultiheadWindowAttention(nn.Module):
         return window_attention(
             q_u.transpose(1, 2), k, v, windows, sink_tokens=sinks_in_keys, pos_scores=pos_scores,
             dropout_p=self.attention_dropout if self.training else 0.0, scale=d ** -0.5,
-            backend=self.backend,
+            sink_logits=sink_logits, backend=self.backend,
         )
 
     # --- incremental decoding ----------------------------------------------------------------------
@@ -229,7 +240,8 @@ class RelMultiheadWindowAttention(nn.Module):
             qs.append(qu.transpose(1, 2))
             ks.append(kg.transpose(1, 2))
             vs.append(vg.transpose(1, 2))
-        outs = cache.kv.attend_groups(qs, ks, vs, pos_scores=ps, scale=scale)
+        sl = None if self.sink_logits is None else self.heads.split(self.sink_logits, 0)
+        outs = cache.kv.attend_groups(qs, ks, vs, pos_scores=ps, scale=scale, sink_logits=sl)
         out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]  # group order
         out = out.transpose(1, 2).reshape(b, length, e)
         return F.linear(out, self.heads.to_group_order(self.out_proj.weight, 1, d))
