@@ -292,3 +292,18 @@ def test_distance_bias_is_the_gather_by_copies(r):
     ga, = torch.autograd.grad((a * w).sum(), ps)
     gb, = torch.autograd.grad((b * w).sum(), ps)
     torch.testing.assert_close(ga, gb, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("windows,sinks,r", [([None, None], 0, 120), ([None, 40], 2, 30),
+                                             ([None, None], 0, None)])
+def test_full_heads_in_query_blocks_equal_dense(windows, sinks, r, monkeypatch):
+    """Full heads with memory run in FULL_BLOCK query blocks (the last one shorter), each over
+    the keys up to its last query: the dense result, outputs and gradients."""
+    monkeypatch.setattr(blocked_mod, "FULL_BLOCK", 16)
+    q, k, v, ps, ts = _inputs(61, 23, windows, r)
+    ref = dense_window_attention(q, k, v, windows, sinks, ps)
+    ref_grads = _grads(ref, ts)
+    out = blocked_window_attention(q, k, v, windows, sinks, ps, block_size=64)
+    _assert_close(out, ref, "output")
+    for name, a, b in zip("qkvp", _grads(out, ts), ref_grads):
+        _assert_close(a, b, f"grad {name}")

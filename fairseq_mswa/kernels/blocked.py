@@ -25,7 +25,9 @@ are computed together):
 * ``pos_scores`` (B, H, Lq, R) become the per-block additive bias by gathering at the
   clamped distance, so their gradient flows through ``gather``;
 * full heads (``None``) and windows that reach every key use one causal SDPA call (``is_causal``
-  when there is no memory prefix, an explicit (Lq, Lk) mask otherwise): O(n^2) as they must be;
+  when there is no memory prefix), else run in blocks of ``FULL_BLOCK`` queries, each over the
+  keys up to its last query only (:func:`_dense_group`): O(n^2) work as they must, but never an
+  (Lq, Lk) score, bias or probability tensor, and the future keys of a block are not scored;
 * learned sinks (``sink_logits``): every block's span gets one more key, of zeros, whose additive
   mask entry is the head's sink logit (:func:`_append_learned_sink`): its probability is the
   sink's and its value adds nothing, so the softmax is the dense reference's with its sink column.
@@ -52,6 +54,11 @@ MAX_BLOCK = 128
 # Key spans (block + window - 1 + sinks) up to this use plain matmul/softmax (`_attend_small`),
 # longer ones the fused SDPA kernel: measured faster on each side of it.
 SMALL_SPAN = 64
+# Full heads with a memory prefix or distance scores: queries per block of `_dense_group`. Measured
+# (fwd+bwd, 8 heads x 64, 2048 queries over 4096 keys, distance scores, 1 thread): one (Lq, Lk)
+# call 3.67 s; blocks of 128 / 256 / 512 queries 3.21 / 2.14 / 1.90 s (less memory traffic, and
+# a block does not score the keys after its last query).
+FULL_BLOCK = 512
 
 
 def default_block_size(window: int) -> int:
@@ -245,8 +252,25 @@ def blocked_window_attention_unchecked(q, k, v, windows: Windows, sink_tokens=0,
 
 
 def _dense_group(q, k, v, w, sinks, pos_scores, dropout_p, scale, sink_logits=None):
-    """One masked (Lq, Lk) SDPA call for a group with window ``w`` (None = full): full heads
-    with a memory prefix or distance scores, and windows whose single block spans the keys."""
+    """A group with window ``w`` (None = full) whose queries see (nearly) every earlier key:
+    full heads with a memory prefix or distance scores, and windows whose single block spans the
+    keys. Queries in blocks of ``FULL_BLOCK``; block [s, e) attends to the keys [0, mem + e) only,
+    in one masked call (:func:`_dense_block`)."""
+    lq, lk = q.shape[1], k.shape[1]
+    if lq <= FULL_BLOCK:
+        return _dense_block(q, k, v, w, sinks, pos_scores, dropout_p, scale, sink_logits)
+    mem = lk - lq
+    outs = []
+    for s in range(0, lq, FULL_BLOCK):
+        e = min(lq, s + FULL_BLOCK)
+        outs.append(_dense_block(q[:, s:e], k[:, :mem + e], v[:, :mem + e], w, sinks,
+                                 None if pos_scores is None else pos_scores[:, s:e], dropout_p,
+                                 scale, sink_logits))
+    return torch.cat(outs, dim=1)
+
+
+def _dense_block(q, k, v, w, sinks, pos_scores, dropout_p, scale, sink_logits=None):
+    """One masked (Lq, Lk) call: q (N, Lq, D) are the last Lq positions of the Lk keys."""
     lk = k.shape[1]
     mask = visibility_mask(q.shape[1], lk, [w], sinks, q.device)
     if pos_scores is None:
