@@ -193,3 +193,21 @@ def test_tail_change_is_the_slope_over_the_last_tenth():
     assert tail["slope_bpc_per_1k_updates"] == pytest.approx(-1.0)
     assert tail["change_bpc"] == pytest.approx(-0.1)
     assert evidence.tail_change([[100, 2.0]]) is None
+
+
+def test_a_variant_study_is_paired_with_its_baseline_seed_by_seed():
+    def row(name, bpcs):
+        return {"table": 5, "row": name, "seeds": [{"seed": s, "bpc": b} for s, b in bpcs]}
+
+    baseline = {"statistics": {"pooled_std_diff": 0.01, "pooled_df": 8, "pooled_pairs": 4},
+                "rows": [row("SWA (w=128)", [(1, 2.10), (2, 2.12)]),
+                         row("MSWA (base 128)", [(1, 2.09)])]}
+    study = {"statistics": {"confidence": 0.95},
+             "rows": [row("SWA (w=128)", [(1, 2.00), (2, 2.01), (3, 2.0)]),
+                      row("MSWA (base 128)", [(1, 2.085)]), row("SWA (w=64)", [(1, 2.2)])]}
+    got = evidence.compare_with_baseline(study, baseline, "results/evidence")
+    swa, mswa = got["pairs"]  # no baseline row for w=64: not paired
+    assert swa["seeds"] == [1, 2] and swa["diffs"] == [pytest.approx(0.10), pytest.approx(0.11)]
+    assert swa["verdict"] == "better"  # the variant's bpc is lower at both seeds
+    assert mswa["n_seeds"] == 1 and mswa["verdict"] == "within noise"  # 0.005 vs pooled 0.01
+    assert "spread pooled over 4" in mswa["basis"] and got["results"] == "results/evidence"

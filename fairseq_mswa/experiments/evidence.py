@@ -446,6 +446,7 @@ def summarize(items: List[Item], study: Dict, paper: Dict, data_dir: Path) -> Di
                        "reversed: below 0; within noise: it contains 0",
             "pooled_std_diff": None if pooled_sd is None else round(pooled_sd, 5),
             "pooled_df": pooled_df,
+            "pooled_pairs": len(multi),
             "flat_bpc": flat,
             "tail": "least-squares slope of the validation curve over the last 10 % of updates",
         },
@@ -459,6 +460,42 @@ def summarize(items: List[Item], study: Dict, paper: Dict, data_dir: Path) -> Di
             "queue": blocks,
         },
     }
+
+
+def compare_with_baseline(s: Dict, baseline: Dict, source: str) -> Dict:
+    """Every row of this study (run with extra training flags, e.g. ``--learned-sinks``) against
+    the same (table, row) of a baseline study's ``evidence.json``, paired by seed:
+    d = bpc[baseline] - bpc[this] (d > 0: the flags help). Verdicts as the paper's orderings:
+    the Student-t interval of the mean d, one-seed pairs against the baseline's pooled spread."""
+    stats = baseline.get("statistics", {})
+    pooled_sd, pooled_df = stats.get("pooled_std_diff"), int(stats.get("pooled_df") or 0)
+    confidence = float(s["statistics"]["confidence"])
+    base = {(r["table"], r["row"]): {x["seed"]: x["bpc"] for x in r["seeds"]}
+            for r in baseline.get("rows", [])}
+    pairs = []
+    for r in s["rows"]:
+        sb = base.get((r["table"], r["row"]))
+        if sb is None:
+            continue
+        sa = {x["seed"]: x["bpc"] for x in r["seeds"]}
+        common = sorted(set(sa) & set(sb))
+        diffs = [sb[k] - sa[k] for k in common]
+        verdict, lo, hi, basis = judge(diffs, confidence, pooled_sd, pooled_df,
+                                       stats.get("pooled_pairs", 0))
+        mean, std = _mean_std(diffs)
+        pairs.append({
+            "table": r["table"], "row": r["row"], "n_seeds": len(diffs), "seeds": common,
+            "baseline_bpc": [round(sb[k], 5) for k in common],
+            "bpc": [round(sa[k], 5) for k in common], "diffs": [round(d, 5) for d in diffs],
+            "mean_diff": None if mean is None else round(mean, 5),
+            "std_diff": None if std is None else round(std, 5),
+            "ci": None if lo is None else [round(lo, 5), round(hi, 5)],
+            "verdict": {"holds": "better", "reversed": "worse"}.get(verdict, verdict),
+            "basis": basis,
+        })
+    return {"results": source, "diff": "bpc[baseline] - bpc[this study] at the same seed "
+                                       "(> 0: this study's training flags help)",
+            "pooled_std_diff": pooled_sd, "pooled_df": pooled_df, "pairs": pairs}
 
 
 # --- report -----------------------------------------------------------------------------------
@@ -538,8 +575,29 @@ def render_markdown(s: Dict, info: Dict) -> str:
     counts: Dict[str, int] = {}
     for p in s["pairs"]:
         counts[p["verdict"]] = counts.get(p["verdict"], 0) + 1
-    lines += ["", "Verdicts: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ".",
-              "", "![learning curves and test bpc](evidence.png)", "",
+    lines += ["", "Verdicts: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + "."]
+    if s.get("train_args"):
+        lines += ["", f"Every run of this study trains with the extra flags `{s['train_args']}`."]
+    bl = s.get("baseline")
+    if bl:
+        lines += [
+            "", f"## Against the baseline study (`{bl['results']}`)", "",
+            f"Paired difference d = bpc[baseline] - bpc[this study] per seed (same data, model and "
+            f"seed; only the extra flags differ; d > 0: they help). Verdict: better / worse / "
+            f"within noise from the {stt['confidence']:.0%} interval of the mean d; one-seed pairs "
+            f"use the baseline's pooled spread (std {_f(bl['pooled_std_diff'], 4)}).", "",
+            "| Table | Row | Seeds | Baseline bpc | This study | Mean d | Std d | Interval | "
+            "Verdict |", "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for p in bl["pairs"]:
+            ci = "-" if p["ci"] is None else f"[{p['ci'][0]:+.3f}, {p['ci'][1]:+.3f}]"
+            lines.append(
+                f"| {p['table']} | {p['row']} | {p['n_seeds']} | "
+                f"{', '.join(f'{x:.3f}' for x in p['baseline_bpc']) or '-'} | "
+                f"{', '.join(f'{x:.3f}' for x in p['bpc']) or '-'} | "
+                f"{_f(p['mean_diff'], 3, True)} | {_f(p['std_diff'])} | {ci} | "
+                f"**{p['verdict']}** |")
+    lines += ["", "![learning curves and test bpc](evidence.png)", "",
               f"Command: `{info['command']}`. Measured at commit {info['git_commit']}, report "
               f"{info['date']}. Machine: {info['machine'].get('cpu_model')}, "
               f"{info['machine'].get('cpu_count')} CPUs shared with other work, "
@@ -620,10 +678,19 @@ def plot(s: Dict, tables: Sequence[int], path: Path) -> Path:
 
 
 def report(items: List[Item], study: Dict, data_dir: Path, out_dir: Path,
-           command: str) -> List[Path]:
-    """results/evidence/evidence.{json,md,png} from the finished runs."""
+           command: str, train_args: str = "", baseline: Optional[Path] = None) -> List[Path]:
+    """results/evidence/evidence.{json,md,png} from the finished runs (``baseline``: a study's
+    results folder to pair every row with, :func:`compare_with_baseline`)."""
     paper = json.loads((REPO / "results" / "paper.json").read_text(encoding="utf-8"))
     s = summarize(items, study, paper, data_dir)
+    s["train_args"] = train_args
+    if baseline is not None:
+        path = Path(baseline) / "evidence.json"
+        if not path.is_file():
+            raise EvidenceError(f"--baseline {baseline}: no evidence.json there; run that study "
+                                "(or its --report-only) first, or leave --baseline out")
+        s["baseline"] = compare_with_baseline(s, json.loads(path.read_text(encoding="utf-8")),
+                                              str(portable(str(Path(baseline).resolve()))))
     threads = s["run_torch_threads"][0] if len(s["run_torch_threads"]) == 1 else None
     info = {"command": command, "git_commit": git_commit(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
@@ -654,7 +721,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-update", type=int, default=None,
                     help="override the scale's updates (quick tests only: results then differ "
                          "from the study's)")
-    ap.add_argument("--train-args", default="", help="extra fairseq-train flags (tests)")
+    ap.add_argument("--train-args", default="",
+                    help="extra fairseq-train flags of every run (a variant study, e.g. "
+                         "--train-args=--learned-sinks; tests)")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="results folder of a study without the extra flags (its evidence.json): "
+                         "every row is paired with its row there, seed by seed")
     ap.add_argument("--report-only", action="store_true", help="run nothing; report what exists")
     ap.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
     ap.add_argument("--force", action="store_true", help="re-run runs that have a result")
@@ -696,7 +768,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
                 prepare_shakespeare(args.data_dir)
             run_queue(items, setup, force=args.force)
-        written = report(items, study, args.data_dir, args.results_dir, _command(argv))
+        written = report(items, study, args.data_dir, args.results_dir, _command(argv),
+                         args.train_args, args.baseline)
     except EvidenceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
