@@ -410,7 +410,7 @@ def summarize(items: List[Item], study: Dict, paper: Dict, data_dir: Path) -> Di
             "verdict": verdict, "basis": basis,
         })
 
-    threads = sorted({str((r.get("machine") or {}).get("threads")) for r in results.values()})
+    threads = sorted({str((r.get("machine") or {}).get("torch_threads")) for r in results.values()})
     owners = [i for i in items if i.shared is None]
     done_runs = sum(1 for i in owners if i.run.result.is_file())
     blocks = []
