@@ -6,6 +6,7 @@ Use the package folder as fairseq's ``--user-dir``; importing it registers the m
 Where things live:
 * ``schedule``   window of head j in layer i (pure Python).
 * ``cost``       cost model (linear layers too) and ``python -m fairseq_mswa.cost --table N``.
+* ``taylor``     the Taylor feature map's size (shared by the linear-attention kernel and cost).
 * ``kernels``    attention kernels and their backends (pure functions).
 * ``modules``    positions (relative / rotary), attention layers, norms, feed-forwards.
 * ``models``     fairseq models and architecture presets.

@@ -61,6 +61,22 @@ def tiny_xl_model(seed=0, **overrides):
 
 PROMPT_TEXT = "w3 w4 w5"
 
+# explicit windows whose head groups are not consecutive (heads 0 and 2 share a window)
+NONCONSECUTIVE_WINDOWS = "[[4,1,4,7],[8,null,8,2],[3,5,3,5],[2,6,6,2]]"
+
+
+def decoding_cases(full_layers: str) -> dict:
+    """The window settings both models' decoding tests run, by name: the pattern is the name
+    before '+' ('explicit' = mswa with NONCONSECUTIVE_WINDOWS), the value the extra config;
+    ``full_layers``: the full-attention layers of the last case (the models differ in depth)."""
+    return {
+        "full": dict(), "swa": dict(), "mswa-h": dict(), "mswa-l": dict(), "mswa": dict(),
+        "mswa+sinks": dict(sink_tokens=2),
+        "explicit": dict(attn_windows=NONCONSECUTIVE_WINDOWS),
+        "explicit+sinks": dict(attn_windows=NONCONSECUTIVE_WINDOWS, sink_tokens=2),
+        "swa+full_layers+sinks": dict(full_attn_layers=full_layers, sink_tokens=1),
+    }
+
 
 def random_tokens(b, n, high, seed=1):
     """(b, n) token ids in [4, high): no special symbols."""

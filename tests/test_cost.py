@@ -79,6 +79,13 @@ def test_cli_text():
 def test_linear_layer_cost_derivation():
     assert taylor_feature_count(16) == 153
     assert taylor_feature_count(16, compact=False) == 273
+    from fairseq_mswa import taylor
+    from fairseq_mswa.kernels import linear_attention
+
+    # one definition, imported by the kernel and the cost model (neither imports the other)
+    assert linear_attention.taylor_feature_count is taylor.taylor_feature_count is taylor_feature_count
+    with pytest.raises(ValueError, match="feature_dim"):
+        taylor_feature_count(0)
     assert linear_attention_layer_cost(8, 64, 16) == pytest.approx(8 * 153 * 65 / 128)
 
 

@@ -11,7 +11,7 @@ import fairseq_mswa.modules.local_attention as local_attention
 from fairseq_mswa.kernels.dense import visibility_mask
 from fairseq_mswa.models.linear_mswa import LinearMSWALanguageModel
 from fairseq_mswa.modules.kv_cache import WindowKVCache
-from conftest import (LINEAR_WORDS, PROMPT_TEXT, TINY_LINEAR, USER_DIR,
+from conftest import (decoding_cases, LINEAR_WORDS, PROMPT_TEXT, TINY_LINEAR, USER_DIR,
                       assert_interactive_continues, decode_in_chunks, log_probs, random_tokens,
                       tiny_linear_model, train_tiny)
 
@@ -32,20 +32,7 @@ def _tokens(b=3, n=N, seed=1):
 _log_probs = log_probs
 
 
-NONCONSECUTIVE = "[[4,1,4,7],[8,null,8,2],[3,5,3,5],[2,6,6,2]]"
-
-CASES = {
-    "full": dict(),
-    "swa": dict(),
-    "mswa-h": dict(),
-    "mswa-l": dict(),
-    "mswa": dict(),
-    "mswa+sinks": dict(sink_tokens=2),
-    # explicit windows whose head groups are not consecutive (heads 0 and 2 share a window)
-    "explicit": dict(attn_windows=NONCONSECUTIVE),
-    "explicit+sinks": dict(attn_windows=NONCONSECUTIVE, sink_tokens=2),
-    "swa+full_layers+sinks": dict(full_attn_layers="0,3", sink_tokens=1),
-}
+CASES = decoding_cases("0,3")
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -13,7 +13,7 @@ import fairseq_mswa.modules.xl_attention as xl_attention
 from fairseq_mswa.kernels.dense import distance_scores, visibility_mask
 from fairseq_mswa.models.linear_mswa import LinearMSWALanguageModel
 from fairseq_mswa.models.transformer_xl_mswa import TransformerXLMSWALanguageModel
-from conftest import (PROMPT_TEXT, USER_DIR, XL_WORDS, assert_interactive_continues,
+from conftest import (decoding_cases, PROMPT_TEXT, USER_DIR, XL_WORDS, assert_interactive_continues,
                       decode_in_chunks, log_probs, random_tokens, tiny_xl_model, train_tiny)
 from fairseq_mswa.stream import StreamState
 
@@ -35,20 +35,7 @@ _log_probs = log_probs
 _decode = decode_in_chunks
 
 
-NONCONSECUTIVE = "[[4,1,4,7],[8,null,8,2],[3,5,3,5],[2,6,6,2]]"
-
-CASES = {
-    "full": dict(),
-    "swa": dict(),
-    "mswa-h": dict(),
-    "mswa-l": dict(),
-    "mswa": dict(),
-    "mswa+sinks": dict(sink_tokens=2),
-    # explicit windows whose head groups are not consecutive (heads 0 and 2 share a window)
-    "explicit": dict(attn_windows=NONCONSECUTIVE),
-    "explicit+sinks": dict(attn_windows=NONCONSECUTIVE, sink_tokens=2),
-    "swa+full_layers+sinks": dict(full_attn_layers="0,2", sink_tokens=1),
-}
+CASES = decoding_cases("0,2")
 
 
 @pytest.mark.parametrize("case", list(CASES))

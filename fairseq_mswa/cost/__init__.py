@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional
 
 from ..schedule import WindowSchedule, build_schedule
+from ..taylor import taylor_feature_count  # noqa: F401  (public here too: cost.taylor_feature_count)
 
 NUM_LAYERS = 12
 NUM_HEADS = 8
@@ -39,14 +40,6 @@ REFERENCE = dict(pattern="mswa", base_window=128)  # the paper's "1.00" row of T
 
 
 # --- cost of non-softmax layers --------------------------------------------------------------
-
-def taylor_feature_count(feature_dim: int = 16, compact: bool = True) -> int:
-    """Features of the 2nd-order Taylor map: 1 + d + d(d+1)/2 compact (153 for d=16), else
-    1 + d + d^2 (273)."""
-    if compact:
-        return 1 + feature_dim + feature_dim * (feature_dim + 1) // 2
-    return 1 + feature_dim + feature_dim * feature_dim
-
 
 def linear_attention_layer_cost(
     num_heads: int = 8, head_dim: int = 64, feature_dim: int = 16

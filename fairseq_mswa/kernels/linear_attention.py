@@ -8,7 +8,7 @@ with ``phi(x) = [1, x', (x' outer x') / sqrt(2)]`` and ``x' = sqrt(scale) * x``,
 ``phi(x) = [1, x / d^(1/4), (x outer x) / (sqrt(2) sqrt(d))]`` with 1 + 16 + 256 = 273 features. The
 outer product is symmetric, so a *compact* map keeps the diagonal (weight 1/sqrt(2)) and the strict
 upper triangle (weight 1, standing for both (i, j) and (j, i)): 1 + d + d(d+1)/2 = 153 features, same
-kernel (``cost.taylor_feature_count``).
+kernel (``fairseq_mswa.taylor.taylor_feature_count``).
 
 ``K = ((s + 1)^2 + 1) / 2 >= 1/2`` for every (q, k), so the causal normaliser of query ``i``,
 ``sum_{j <= i} K(q_i, k_j)``, is at least ``1/2`` and never reaches zero; ``eps`` (default 1e-6, as in
@@ -38,7 +38,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..cost import taylor_feature_count  # noqa: F401  (F = 153 for d = 16, compact)
+from ..taylor import taylor_feature_count  # noqa: F401  (F = 153 for d = 16, compact)
 
 DEFAULT_EPS = 1e-6
 
