@@ -25,6 +25,6 @@ setup(
     ],
     extras_require={
         "gpu": ["flash-attn>=2.5"],
-        "dev": ["pytest>=7", "pytest-timeout"],
+        "dev": ["pytest>=7", "pytest-timeout", "pytest-xdist"],
     },
 )

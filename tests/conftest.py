@@ -14,7 +14,16 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # scripts/run_tests.sh runs one pytest-xdist worker per core: one torch thread per worker, in
+    # process and in the fairseq CLIs it starts, so that the workers do not fight over the cores
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+
+import torch  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 from fairseq_mswa.experiments.arch import DictionaryTask as FakeTask  # noqa: F401  (re-exported)
 from fairseq_mswa.experiments.arch import build_arch_model, make_dictionary  # noqa: F401
