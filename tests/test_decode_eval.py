@@ -108,3 +108,13 @@ def test_cli_scores_a_trained_checkpoint_records_it_and_refuses_bad_input(tiny_c
     assert missing.returncode == 2 and "does not exist" in missing.stderr
     short = run_script(*[100000 if a == 16 else a for a in common])  # --prompt-tokens 100000
     assert short.returncode == 2 and "fewer than one pair" in short.stderr
+
+
+def test_result_line_parses_back():
+    """The result line and its parser (used by the adaptation study) agree; no line -> None."""
+    from fairseq_mswa.experiments.decode_eval import parse_result_line, result_line
+
+    line = result_line({"bits_per_token": 2.2907119, "tokens": 16384})
+    assert parse_result_line("log\n" + line + "\n") == {"bits_per_token": 2.290712,
+                                                       "tokens": 16384}
+    assert parse_result_line("no result here") is None

@@ -374,13 +374,13 @@ def decode_eval_command(cfg: Dict, data: Path, ckpt: Path, ov: Dict) -> List[str
 
 
 def parse_decode_eval(text: str) -> Dict:
-    """The last line of decode_eval: ``continuation bits per token: X over N tokens``."""
-    import re
+    """decode_eval's result line (``continuation bits per token: X over N tokens``)."""
+    from fairseq_mswa.experiments.decode_eval import parse_result_line
 
-    m = re.findall(r"continuation bits per token: ([0-9.eE+-]+|nan|inf) over (\d+) tokens", text)
-    if not m:
+    result = parse_result_line(text)
+    if result is None:
         raise AdaptError("decode_eval printed no 'continuation bits per token' line")
-    return {"bits_per_token": float(m[-1][0]), "tokens": int(m[-1][1])}
+    return result
 
 
 def shell_line(cmd: List[str]) -> str:
@@ -441,10 +441,10 @@ def fmt(x, nd=3):
 
 def mean_std(values: List[float]) -> Dict:
     """{n, mean, std (None below 2 values), values}."""
-    n = len(values)
-    mean = sum(values) / n if n else None
-    std = (math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None)
-    return {"n": n, "mean": mean, "std": std, "values": list(values)}
+    from fairseq_mswa.experiments.evidence import mean_and_std
+
+    mean, std = mean_and_std(values)
+    return {"n": len(values), "mean": mean, "std": std, "values": list(values)}
 
 
 def paired_swa_mswa(rows: List[Dict], confidence: float = 0.95) -> List[Dict]:

@@ -209,6 +209,17 @@ def result_line(result: Dict) -> str:
             f"over {result['tokens']} tokens")
 
 
+def parse_result_line(text: str) -> Optional[Dict]:
+    """{bits_per_token, tokens} of the last :func:`result_line` in ``text`` (a run's output), or
+    None when there is none."""
+    import re
+
+    found = re.findall(r"continuation bits per token: (\S+) over (\d+) tokens", text)
+    if not found:
+        return None
+    return {"bits_per_token": float(found[-1][0]), "tokens": int(found[-1][1])}
+
+
 # --- command line ------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:

@@ -230,7 +230,8 @@ def _t_quantile(confidence: float, df: int) -> float:
     return float(t.ppf(0.5 + confidence / 2, df))
 
 
-def _mean_std(values: Sequence[float]) -> Tuple[Optional[float], Optional[float]]:
+def mean_and_std(values: Sequence[float]) -> Tuple[Optional[float], Optional[float]]:
+    """(mean, sample standard deviation); None where there are too few values."""
     if not values:
         return None, None
     m = sum(values) / len(values)
@@ -296,7 +297,7 @@ def judge(diffs: Sequence[float], confidence: float, pooled_sd: Optional[float] 
     n = len(diffs)
     if n == 0:
         return "not run", None, None, None
-    mean, std = _mean_std(diffs)
+    mean, std = mean_and_std(diffs)
     if n >= 2:
         half = _t_quantile(confidence, n - 1) * std / math.sqrt(n)
         basis = f"own spread ({n} seeds)"
@@ -355,7 +356,7 @@ def summarize(items: List[Item], study: Dict, paper: Dict, data_dir: Path) -> Di
                 "git_commit": res.get("git_commit"),
                 "run": str(portable(str(it.result))),
             })
-        mean, std = _mean_std([s["bpc"] for s in seeds])
+        mean, std = mean_and_std([s["bpc"] for s in seeds])
         first = its[0]
         shared = sorted({f"Table {i.shared.table} / {i.shared.row['row']}" for i in its
                          if i.shared is not None})
@@ -394,12 +395,12 @@ def summarize(items: List[Item], study: Dict, paper: Dict, data_dir: Path) -> Di
             raw_pairs.append((int(t), c, common, diffs, runs))
     # the pooled spread counts each pair of runs once (Table 2's MSWA vs SWA is Table 5's)
     once = {runs: d for _, _, _, d, runs in raw_pairs if len(d) >= 2}
-    multi = [(len(d) - 1, _mean_std(d)[1]) for d in once.values()]
+    multi = [(len(d) - 1, mean_and_std(d)[1]) for d in once.values()]
     pooled_df = sum(df for df, _ in multi)
     pooled_sd = (math.sqrt(sum(df * s * s for df, s in multi) / pooled_df) if pooled_df else None)
     pairs = []
     for t, c, common, diffs, _ in raw_pairs:
-        mean, std = _mean_std(diffs)
+        mean, std = mean_and_std(diffs)
         verdict, lo, hi, basis = judge(diffs, confidence, pooled_sd, pooled_df, len(multi))
         pairs.append({
             "table": t, "a": c["a"], "b": c["b"], "paper": c["paper"], "n_seeds": len(diffs),
@@ -482,7 +483,7 @@ def compare_with_baseline(s: Dict, baseline: Dict, source: str) -> Dict:
         diffs = [sb[k] - sa[k] for k in common]
         verdict, lo, hi, basis = judge(diffs, confidence, pooled_sd, pooled_df,
                                        stats.get("pooled_pairs", 0))
-        mean, std = _mean_std(diffs)
+        mean, std = mean_and_std(diffs)
         pairs.append({
             "table": r["table"], "row": r["row"], "n_seeds": len(diffs), "seeds": common,
             "baseline_bpc": [round(sb[k], 5) for k in common],
