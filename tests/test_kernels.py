@@ -65,16 +65,18 @@ def _assert_close(a, b, what):
     torch.testing.assert_close(a, b, atol=ATOL, rtol=RTOL, msg=lambda m: f"{what}: {m}")
 
 
+@pytest.mark.parametrize("merge_heads", [False, True], ids=["per-group", "merged-heads"])
 @pytest.mark.parametrize("small_span", [0, 10**9], ids=["fused-sdpa", "matmul"])
 @pytest.mark.parametrize("lq,mem,windows,sinks,r", CASES)
-def test_blocked_equals_dense(lq, mem, windows, sinks, r, small_span, monkeypatch):
+def test_blocked_equals_dense(lq, mem, windows, sinks, r, small_span, merge_heads, monkeypatch):
     monkeypatch.setattr(blocked_mod, "SMALL_SPAN", small_span)  # both attention paths
     q, k, v, ps, ts = _inputs(lq, mem, windows, r)
     ref = dense_window_attention(q, k, v, windows, sinks, ps)
     ref_grads = _grads(ref, ts)
-    # default blocks, blocks smaller than the windows (unfold layout), and blocks of 1
+    # default blocks, blocks smaller than the windows (spans over several blocks), blocks of 1
     for bs in (None, 4, 1):
-        out = blocked_window_attention(q, k, v, windows, sinks, ps, block_size=bs)
+        out = blocked_window_attention(q, k, v, windows, sinks, ps, block_size=bs,
+                                       merge_heads=merge_heads)
         _assert_close(out, ref, f"output (block_size={bs})")
         for name, a, b in zip("qkvp", _grads(out, ts), ref_grads):
             _assert_close(a, b, f"grad {name} (block_size={bs})")

@@ -102,10 +102,12 @@ def test_blocked_equals_dense_with_learned_sinks(lq, mem, windows, sinks, r, sma
     ref = dense_window_attention(q, k, v, windows, sinks, ps, sink_logits=sl)
     ref_grads = _grads(ref, ts)
     for bs in (None, 4):
-        out = blocked_window_attention(q, k, v, windows, sinks, ps, sink_logits=sl, block_size=bs)
-        _close(out, ref, f"output (block_size={bs})")
-        for i, (a, b) in enumerate(zip(_grads(out, ts), ref_grads)):  # q, k, v, (pos,) sinks
-            _close(a, b, f"grad of input {i} (block_size={bs})")
+        for merge in (False, True):  # per window group, all heads in one call
+            out = blocked_window_attention(q, k, v, windows, sinks, ps, sink_logits=sl,
+                                           block_size=bs, merge_heads=merge)
+            _close(out, ref, f"output (block_size={bs}, merge_heads={merge})")
+            for i, (a, b) in enumerate(zip(_grads(out, ts), ref_grads)):  # q, k, v, (pos,) sinks
+                _close(a, b, f"grad of input {i} (block_size={bs}, merge_heads={merge})")
 
 
 @pytest.mark.parametrize("lq,mem,windows,sinks,r", CASES)

@@ -30,3 +30,20 @@ def test_one_group_is_never_merged_and_strategies_agree():
         outs.append(layer(x, mem))
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-10, atol=1e-11)
     torch.testing.assert_close(outs[0], outs[2], rtol=1e-10, atol=1e-11)
+
+
+def test_fit_constants_recovers_the_constants_that_made_the_times():
+    from fairseq_mswa.kernels.plan import fit_constants, picks_faster
+
+    call, rate = 5e-4, 3e10
+    layers = []
+    for passes_g, flops_g, flops_m in ((4, 1e8, 2e8), (4, 5e8, 4e8), (2, 3e9, 6e9), (4, 1e7, 3e7)):
+        t_g = 1e-3 + passes_g * call + flops_g / rate  # a shared part that the difference drops
+        t_m = 1e-3 + call + flops_m / rate
+        layers.append({"median_s": {"grouped": t_g, "merged": t_m},
+                       "passes": {"grouped": passes_g, "merged": 1},
+                       "flops": {"grouped": flops_g, "merged": flops_m}})
+    fit_call, fit_rate = fit_constants(layers)
+    assert abs(fit_call / call - 1) < 1e-9 and abs(fit_rate / rate - 1) < 1e-9
+    assert picks_faster(layers, fit_call, fit_rate) == 4
+    assert fit_constants(layers[:1]) is None  # two unknowns need two layers

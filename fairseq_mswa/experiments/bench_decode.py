@@ -17,25 +17,30 @@ dominate the run.
   Fig. 3's (32 layers, 16 heads, d 1024, context 2048, batch 8..512, float16).
 * patterns: ``full``, ``swa`` (window ``--base-window``), ``mswa`` (Table 1 schedule, same base).
 * sweeps: batch (context ``--batch-context``) and context (batch ``--context-batch``).
-* tokens/s = batch x timed steps / time (best of ``--reps`` timings of ``--steps`` steps, after a
-  warm-up step; the three patterns of a point are timed interleaved, rep by rep); KV bytes = ``nbytes()`` of the cache tensors after the context (per run, all
-  sequences of the batch).
+* tokens/s = batch x timed steps / time (median of ``--reps`` timings of ``--steps`` steps,
+  after a warm-up step; the three patterns of a point are timed interleaved, rep by rep, the
+  order alternating); a ratio of two patterns at a point is the median of their per-rep ratios
+  (the spread beside it in the Markdown); KV bytes = ``nbytes()`` of the cache tensors after the
+  context (per run, all sequences of the batch).
 * configurations whose full-attention cache would exceed ``--max-cache-gb`` are skipped (null).
 
-Top-level ratios: ``decode_tps_mswa_over_swa_min`` (the smallest MSWA / SWA tokens/s over the
-context sweep from 1,024 up; target >= 1.0), ``kv_bytes_mswa_over_swa`` (largest context; 225/256 = 0.879 without sinks),
+Top-level ratios: ``decode_tps_mswa_over_swa_min`` (the smallest MSWA / SWA tokens/s ratio over
+the context sweep's points from 1,024 up, each the median of its per-rep ratios; target >= 1.0), ``kv_bytes_mswa_over_swa`` (largest context; 225/256 = 0.879 without sinks),
 ``kv_bytes_full_over_mswa_16k``, ``decode_tps_mswa_over_swa`` (batch 8, context 4096),
 ``decode_tps_full_over_mswa_16k`` (batch ``--context-batch``, context 16384).
 """
 
 import argparse
 import json
+import statistics
 import time
 
 import torch
 from tqdm import tqdm
 
+from fairseq_mswa.allocator import ALLOCATOR_HELP, apply_for_run
 from fairseq_mswa.experiments.arch import DictionaryTask, build_arch_model
+from fairseq_mswa.experiments.bench_train import paired_ratio
 from fairseq_mswa.run_utils import commit_text, provenance, script_command, write_text_atomic
 
 PATTERNS = ("full", "swa", "mswa")
@@ -47,7 +52,7 @@ SHAPES = {
 }
 DEFAULTS = {
     "cpu": dict(batches=[1, 2, 4, 8, 16, 32], contexts=[1024, 2048, 4096, 8192, 16384],
-                batch_context=4096, context_batch=8, base_window=512, steps=8, reps=3),
+                batch_context=4096, context_batch=8, base_window=512, steps=8, reps=9),
     "cuda": dict(batches=[8, 16, 32, 64, 128, 256, 512], contexts=[2048],
                  batch_context=2048, context_batch=8, base_window=512, steps=16, reps=3),
     "quick": dict(batches=[1, 8], contexts=[64, 256], batch_context=256, context_batch=8,
@@ -110,23 +115,27 @@ def prepare(model, batch, context, total, device, dtype, vocab):
 
 
 def measure_point(models, batch, context, args, device, dtype):
-    """{pattern: (tokens/s, cache bytes)}: the patterns are timed interleaved, rep by rep, so that
-    load from elsewhere hits them alike; the best of ``reps`` timings of ``steps`` steps is kept."""
+    """{pattern: (tokens/s, cache bytes, per-rep seconds)}: the patterns are timed interleaved,
+    rep by rep, the order alternating, so that load from elsewhere hits them alike; tokens/s is
+    from the median of ``reps`` timings of ``steps`` steps (ratios: :func:`paired`)."""
     total = 1 + args.steps * args.reps
     runs = {p: prepare(m, batch, context, total, device, dtype, args.vocab)
             for p, m in models.items()}
-    best = {p: float("inf") for p in runs}
+    times = {p: [] for p in runs}
     for step, _ in runs.values():
         step()  # warm-up
-    for _ in range(args.reps):
-        for p, (step, _) in runs.items():
+    order = list(runs)
+    for rep in range(args.reps):
+        for p in (order if rep % 2 == 0 else order[::-1]):
+            step = runs[p][0]
             sync(device)
             start = time.perf_counter()
             for _ in range(args.steps):
                 step()
             sync(device)
-            best[p] = min(best[p], time.perf_counter() - start)
-    return {p: (batch * args.steps / best[p], runs[p][1]) for p in runs}
+            times[p].append(time.perf_counter() - start)
+    return {p: (batch * args.steps / statistics.median(times[p]), runs[p][1], times[p])
+            for p in runs}
 
 
 def run(args):
@@ -144,9 +153,10 @@ def run(args):
         measured = measure_point({p: m for p, m in models.items() if p not in skipped},
                                  batch, context, args, device, dtype)
         for pattern in PATTERNS:
-            tps, nbytes = measured.get(pattern, (None, None))
+            tps, nbytes, reps = measured.get(pattern, (None, None, None))
             rows.append(dict(sweep=sweep, pattern=pattern, batch=batch, context=context,
-                             tokens_per_s=tps, kv_bytes=nbytes, skipped=skipped.get(pattern)))
+                             tokens_per_s=tps, kv_bytes=nbytes, rep_s=reps,
+                             skipped=skipped.get(pattern)))
     return rows
 
 
@@ -161,6 +171,19 @@ def _ratio(a, b):
     return None if a is None or b is None else a / b
 
 
+def paired(rows, num, den, batch, context, sweep=None):
+    """Tokens/s ratio of pattern ``num`` over ``den`` at one point: the median of the per-rep
+    ratios of their interleaved timings, with its spread (``bench_train.paired_ratio``); None
+    when either was not measured."""
+    pick = [r for r in rows if sweep is None or r["sweep"] == sweep]
+    a, b = (_get(pick, p, batch, context, "rep_s") for p in (num, den))
+    return None if a is None or b is None else paired_ratio(a, b)
+
+
+def _median(spread):
+    return None if spread is None else spread["median"]
+
+
 # target of decode_tps_mswa_over_swa_min: MSWA's smaller cache decodes at least as fast as SWA's
 MIN_TARGET = ">= 1.0"
 MIN_FROM_CONTEXT = 1024  # the context sweep's points from here up count for the minimum
@@ -170,9 +193,9 @@ def context_sweep_min(rows, args):
     """(smallest MSWA / SWA tokens/s ratio over the context sweep's points with context >=
     MIN_FROM_CONTEXT (every point when none is that long: --quick), its context)."""
     contexts = [c for c in args.contexts if c >= MIN_FROM_CONTEXT] or list(args.contexts)
-    rows = [r for r in rows if r["sweep"] == "context"]  # a batch-sweep point may repeat one
-    pairs = [(_ratio(_get(rows, "mswa", args.context_batch, c, "tokens_per_s"),
-                     _get(rows, "swa", args.context_batch, c, "tokens_per_s")), c) for c in contexts]
+    # (a batch-sweep point may repeat one of the context sweep's)
+    pairs = [(_median(paired(rows, "mswa", "swa", args.context_batch, c, "context")), c)
+             for c in contexts]
     pairs = [(r, c) for r, c in pairs if r is not None]
     return min(pairs) if pairs else (None, None)
 
@@ -192,12 +215,8 @@ def summary(rows, args):
                                          _get(rows, "swa", cb, top_ctx, "kv_bytes")),
         "kv_bytes_full_over_mswa_16k": _ratio(_get(rows, "full", cb, ctx16, "kv_bytes"),
                                               _get(rows, "mswa", cb, ctx16, "kv_bytes")),
-        "decode_tps_mswa_over_swa": _ratio(
-            _get(rows, "mswa", tps_batch, tps_ctx, "tokens_per_s"),
-            _get(rows, "swa", tps_batch, tps_ctx, "tokens_per_s")),
-        "decode_tps_full_over_mswa_16k": _ratio(
-            _get(rows, "full", cb, ctx16, "tokens_per_s"),
-            _get(rows, "mswa", cb, ctx16, "tokens_per_s")),
+        "decode_tps_mswa_over_swa": _median(paired(rows, "mswa", "swa", tps_batch, tps_ctx)),
+        "decode_tps_full_over_mswa_16k": _median(paired(rows, "full", "mswa", cb, ctx16)),
         "ratio_points": {
             "decode_tps_mswa_over_swa_min": dict(batch=cb, context=low_ctx),
             "kv_bytes_mswa_over_swa": dict(batch=cb, context=top_ctx),
@@ -226,7 +245,9 @@ def markdown(result):
         f"Model: linear_mswa with every layer local attention, {a['layers']} layers x "
         f"{a['heads']} heads, d {a['embed_dim']}, head {a['head_dim']}, vocab {a['vocab']}, "
         f"{a['dtype']}; base window {a['base_window']} (MSWA: Table 1 schedule). The paper's "
-        "Fig. 3 values are not in our copy: only the setup is the paper's.",
+        "Fig. 3 values are not in our copy: only the setup is the paper's. Tokens/s: median of "
+        f"{a['reps']} interleaved timings of {a['steps']} steps; ratios: median of the per-rep "
+        f"ratios. CPU allocator: {result.get('allocator', 'not recorded')}.",
         "",
         "| ratio | value | at |",
         "|---|---|---|",
@@ -247,14 +268,17 @@ def markdown(result):
             continue
         lines += ["", f"## {title}", "",
                   "| batch | context | " + " | ".join(f"{p} tok/s" for p in PATTERNS) + " | "
-                  + " | ".join(f"{p} KV MB" for p in PATTERNS) + " |",
-                  "|---" * (2 + 2 * len(PATTERNS)) + "|"]
+                  + " | ".join(f"{p} KV MB" for p in PATTERNS) + " | mswa / swa tok/s (q1..q3) |",
+                  "|---" * (3 + 2 * len(PATTERNS)) + "|"]
         points = sorted({(r["batch"], r["context"]) for r in rows})
         for b, c in points:
             tps = [_get(rows, p, b, c, "tokens_per_s") for p in PATTERNS]
             mb = [_get(rows, p, b, c, "kv_bytes") for p in PATTERNS]
+            r = paired(rows, "mswa", "swa", b, c)
+            spread = "-" if r is None else f"{r['median']:.3f} ({r['q1']:.3f}..{r['q3']:.3f})"
             lines.append(f"| {b} | {c} | " + " | ".join(_fmt(x, ".1f") for x in tps) + " | "
-                         + " | ".join(_fmt(None if x is None else x / 1e6, ".1f") for x in mb) + " |")
+                         + " | ".join(_fmt(None if x is None else x / 1e6, ".1f") for x in mb)
+                         + f" | {spread} |")
     return "\n".join(lines) + "\n"
 
 
@@ -271,11 +295,12 @@ def main(argv=None):
     p.add_argument("--context-batch", type=int, help="batch of the context sweep")
     p.add_argument("--base-window", type=int, help="SWA window / MSWA base window")
     p.add_argument("--steps", type=int, help="decode steps per timing")
-    p.add_argument("--reps", type=int, help="timings per configuration (best is kept)")
+    p.add_argument("--reps", type=int, help="timings per configuration (median kept; ratios: median of per-rep ratios)")
     p.add_argument("--vocab", type=int, default=1024, help="vocabulary of the output projection")
     p.add_argument("--max-cache-gb", type=float, default=7.0,
                    help="skip configurations whose cache would be larger")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: as set)")
+    p.add_argument("--release-freed-memory", action="store_true", help=ALLOCATOR_HELP)
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device here (drop the flag to run on CPU)")
@@ -286,6 +311,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     prov = provenance(script_command("bench_decode.py", argv), args.device, torch.get_num_threads())
+    allocator = apply_for_run(args.release_freed_memory)
     started = time.time()
     rows = run(args)
     layers, heads, dim, _ = SHAPES[args.shape]
@@ -299,6 +325,7 @@ def main(argv=None):
                       batches=args.batches, contexts=args.contexts,
                       batch_context=args.batch_context, context_batch=args.context_batch,
                       context="random keys/values put into the caches (no prefill)"),
+        "allocator": allocator,
         "wall_s": round(time.time() - started, 1),
         "rows": rows,
     }

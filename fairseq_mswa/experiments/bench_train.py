@@ -38,6 +38,7 @@ import os
 import statistics
 import sys
 import time
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +46,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from fairseq_mswa.cost.flops import XL_PATTERN, step_flops
+from fairseq_mswa.allocator import ALLOCATOR_HELP, apply_for_run
 from fairseq_mswa.experiments.arch import DictionaryTask, build_arch_model
 from fairseq_mswa.modules.xl_attention import RelMultiheadWindowAttention
 from fairseq_mswa.run_utils import commit_text, load_average, provenance, script_command, write_text_atomic
@@ -272,6 +274,32 @@ def time_layouts(shape: dict, seg: int, reps: int, warmup: int, device="cpu") ->
     return out
 
 
+def _refit_sentence(refit: Optional[dict]) -> str:
+    if not refit:
+        return ""
+    return (f" Refit on this run's layers (plan.fit_constants): {1e3 * refit['call_seconds']:.2f} ms "
+            f"per pass, {refit['flops_per_second'] / 1e9:.0f} GFLOP/s, picking the faster in "
+            f"{refit['refit_picks_faster']} of {refit['layers']} (shipped constants "
+            f"{1e3 * refit['shipped']['call_seconds']:.2f} ms, "
+            f"{refit['shipped']['flops_per_second'] / 1e9:.0f} GFLOP/s).")
+
+
+def _refit(layouts: dict) -> Optional[dict]:
+    """The plan's two constants as this run's layouts would fit them (``plan.fit_constants``),
+    with how many layers the refit and the shipped constants each pick right."""
+    from fairseq_mswa.kernels import plan
+
+    layers = [x for v in layouts.values() for x in v]
+    fit = plan.fit_constants(layers)
+    if fit is None:
+        return None
+    return {"call_seconds": fit[0], "flops_per_second": fit[1], "layers": len(layers),
+            "refit_picks_faster": plan.picks_faster(layers, *fit),
+            "shipped": {"call_seconds": plan.CALL_SECONDS, "flops_per_second": plan.FLOPS_PER_SECOND,
+                        "picks_faster": plan.picks_faster(layers, plan.CALL_SECONDS,
+                                                          plan.FLOPS_PER_SECOND)}}
+
+
 def attention_layer_flops(pattern: str, shape: dict, seg: int) -> float:
     """Needed forward FLOPs of the XL attention layers alone (segment projections included),
     as ``step_flops`` counts them: their MSWA / SWA ratio is what the layer time can reach."""
@@ -380,7 +408,7 @@ def markdown(result) -> str:
         f"first); vocab {result['vocab']}, dropout 0, float32. Per shape and segment length the "
         f"variants are timed interleaved, {result['reps']} reps; tokens/s from the median step; "
         "each ratio is the median of the per-rep ratios, with quartiles and extremes beside it. "
-        "All numbers measured in this one run.",
+        f"All numbers measured in this one run. CPU allocator: {result.get('allocator', 'not recorded')}.",
         "",
     ]
     if result["quick"]:
@@ -428,7 +456,7 @@ def markdown(result) -> str:
         hit, total = result["layouts_auto_picks_faster"]
         lines += [f"Layouts of each distinct MSWA layer alone (forward + backward, grouped vs merged; "
                   f"`auto` = the plan's pick, kernels/plan.py): auto picks the faster in {hit} of "
-                  f"{total} layers.", "",
+                  f"{total} layers." + _refit_sentence(result.get("layouts_refit")), "",
                   "| shape @ segment | windows | grouped ms | merged ms | faster | auto |",
                   "|---|---|---|---|---|---|"]
         for key, layers in result["layouts"].items():
@@ -466,6 +494,7 @@ def main(argv=None):
     p.add_argument("--reps", type=int, default=None, help="timed steps per variant (default 5, quick 2)")
     p.add_argument("--warmup", type=int, default=2, help="untimed segments first (memory fills up)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)")
+    p.add_argument("--release-freed-memory", action="store_true", help=ALLOCATOR_HELP)
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="after timing, profile one step per variant and keep the top N ops")
     p.add_argument("--adam", default="fused", choices=list(ADAM_IMPL),
@@ -510,6 +539,7 @@ def main(argv=None):
         p.error("--device cuda: no CUDA device here (drop the flag to run on CPU)")
     torch.set_num_threads(args.threads)
     prov = provenance(script_command("bench_train.py", argv), args.device, torch.get_num_threads())
+    allocator = apply_for_run(args.release_freed_memory)
     info = prov["machine"]
     t0 = time.time()
     rows, profiles, rat, targets, flops, layouts = [], {}, {}, {}, {}, {}
@@ -560,6 +590,7 @@ def main(argv=None):
         "dtype": "float32",
         "reps": args.reps,
         "warmup": args.warmup,
+        "allocator": allocator,
         "wall_s": round(time.time() - t0, 1),
         "note": "all tokens/s and ratios measured in this one run: per shape and segment length "
                 "the variants are timed interleaved step by step (order alternating); a step is "
@@ -578,6 +609,7 @@ def main(argv=None):
         "layouts": layouts,
         "layouts_auto_picks_faster": (sum(x["auto"] == x["faster"] for v in layouts.values() for x in v),
                                       sum(len(v) for v in layouts.values())),
+        "layouts_refit": _refit(layouts),
         "step_gflops": {k: round(v / 1e9, 3) for k, v in flops.items()},
     }
     # every ratio at the top level too (its median), one key each

@@ -13,7 +13,8 @@ are computed together):
   ``bq`` from :func:`default_block_size`);
 * block ``b`` (queries at key positions ``[p0, p0 + bq)``) can reach the ``span = bq + w - 1``
   keys ``[p0 - w + 1, p0 + bq)``: the last ``w - 1`` keys of the previous block and the block
-  itself, two views of one zero-padded copy concatenated (an ``unfold`` view when bq < w - 1),
+  itself, two views of one zero-padded copy concatenated (c + 1 views, c = ceil((w - 1) / bq),
+  when bq < w - 1),
   so every block of the group goes through ONE batched attention call with batch ``(B*G, nb)``:
   the fused ``scaled_dot_product_attention`` kernel, or plain matmul/softmax for spans up to
   ``SMALL_SPAN`` keys (faster there on CPU);
@@ -28,6 +29,8 @@ are computed together):
   when there is no memory prefix), else run in blocks of ``FULL_BLOCK`` queries, each over the
   keys up to its last query only (:func:`_dense_group`): O(n^2) work as they must, but never an
   (Lq, Lk) score, bias or probability tensor, and the future keys of a block are not scored;
+* ``merge_heads`` (the XL layer's ``merged`` layout): all heads of distinct windows in one call
+  over the largest window's blocked layout, the mask narrowed per head (:func:`_merged_heads`);
 * learned sinks (``sink_logits``): every block's span gets one more key, of zeros, whose additive
   mask entry is the head's sink logit (:func:`_append_learned_sink`): its probability is the
   sink's and its value adds nothing, so the softmax is the dense reference's with its sink column.
@@ -42,7 +45,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .common import Windows, check_inputs, group_heads
+from .common import Windows, check_inputs, effective_window, group_heads
 from .dense import distance_bias, visibility_mask, with_sink_column
 
 # Query block size per window, tuned on a 2-core CPU (scripts/bench_attention.py, fwd+bwd of
@@ -70,6 +73,15 @@ def default_block_size(window: int) -> int:
     return max(MIN_BLOCK, min(MAX_BLOCK, bq))
 
 
+def merged_block_size(windows) -> int:
+    """Query block size when heads of different ``windows`` share one layout (``merge_heads``):
+    :func:`default_block_size` of a quarter of the largest window, so the span (block + largest
+    window - 1) is at most 1.25x the largest window and its blocks are not too small (measured,
+    fwd+bwd, MSWA layer of windows 16..128 at segment 128, batch 8, d 64: blocks of 16 / 32 / 64
+    queries 14.9 / 11.4 / 13.9 ms, median of 31 interleaved reps)."""
+    return default_block_size(max(windows) // 4)
+
+
 @lru_cache(maxsize=64)
 def _window_mask(lc: int, mem: int, w: int, bq: int, device: torch.device):
     """Mask and distances of the blocked layout of ``lc`` queries whose first query sits
@@ -91,6 +103,19 @@ def _window_mask(lc: int, mem: int, w: int, bq: int, device: torch.device):
     return mask[None, None], dist
 
 
+@lru_cache(maxsize=64)
+def _merged_window_mask(lc: int, mem: int, w: int, bq: int, head_windows, batch: int,
+                        device: torch.device):
+    """:func:`_window_mask` of the layout window ``w`` narrowed per head to its own window:
+    ``head_windows`` (G windows, all <= w) of rows ``bi * G + g``. Returns (mask (batch * G,
+    nb' , bq, span), dist (bq, span), hw (G,) long)."""
+    mask, dist = _window_mask(lc, mem, w, bq, device)
+    hw = torch.tensor(head_windows, device=device)
+    own = dist[None] < hw[:, None, None]  # (G, bq, span)
+    mask = (mask & own[:, None]).repeat(batch, 1, 1, 1)
+    return mask, dist, hw
+
+
 def _key_blocks(x: torch.Tensor, p0: int, lc: int, w: int, bq: int) -> torch.Tensor:
     """Keys (N, Lk, D) -> (N, nb, span, D): block b holds the span = bq + w - 1 keys at
     positions p0 + b*bq - (w - 1) ... p0 + (b+1)*bq - 1 (zeros outside [0, Lk)).
@@ -106,12 +131,18 @@ def _key_blocks(x: torch.Tensor, p0: int, lc: int, w: int, bq: int) -> torch.Ten
         if w == 1:
             return ext[:, 1:]
         return torch.cat([ext[:, :-1, bq - (w - 1) :], ext[:, 1:]], dim=2)
-    start = max(0, p0 - (w - 1))
-    ext = F.pad(x[:, start:], (0, 0, (w - 1) - (p0 - start), right))
-    return ext.unfold(1, bq + w - 1, bq).transpose(-1, -2)
+    # bq < w - 1: the span reaches back c = ceil((w - 1) / bq) blocks; block b's keys are the
+    # tail of block b - c, the blocks b - c + 1 .. b - 1 and block b itself: c + 1 views of one
+    # padded copy, concatenated (its backward is copies, not unfold's slow scatter)
+    c = -(-(w - 1) // bq)
+    start = max(0, p0 - c * bq)
+    ext = F.pad(x[:, start:], (0, 0, c * bq - (p0 - start), right)).view(n, nb + c, bq, d)
+    parts = [ext[:, :nb, c * bq - (w - 1):]] + [ext[:, j:j + nb] for j in range(1, c + 1)]
+    return torch.cat(parts, dim=2)
 
 
-def _windowed_group(q, k, v, w, sinks, pos_scores, dropout_p, scale, bq, sink_logits=None):
+def _windowed_group(q, k, v, w, sinks, pos_scores, dropout_p, scale, bq, sink_logits=None,
+                    head_windows=None):
     """One group of heads sharing window ``w`` < Lk: q (N, Lq, D), k/v (N, Lk, D),
     pos_scores (N, Lq, R) or None, sink_logits (N,) or None, N = batch * heads of the group.
     Returns (N, Lq, D). All blocks go through one SDPA call."""
@@ -123,13 +154,23 @@ def _windowed_group(q, k, v, w, sinks, pos_scores, dropout_p, scale, bq, sink_lo
     qb = F.pad(q, (0, 0, 0, qpad)).view(n, nb, bq, d)
     kb = _key_blocks(k, p0, lq, w, bq)
     vb = _key_blocks(v, p0, lq, w, bq)
-    mask, dist = _window_mask(lq, min(p0, w - 1), w, bq, q.device)
+    if head_windows is None:
+        mask, dist = _window_mask(lq, min(p0, w - 1), w, bq, q.device)
+    else:
+        mask, dist, hw = _merged_window_mask(lq, min(p0, w - 1), w, bq, tuple(head_windows),
+                                             n // len(head_windows), q.device)
     # sink keys j < sinks are added where causal and outside the window (else counted twice)
-    use_sinks = sinks > 0 and p0 + lq - 1 >= w
+    use_sinks = sinks > 0 and p0 + lq - 1 >= min(head_windows or [w])
     if use_sinks:
         qpos = p0 + torch.arange(nb * bq, device=q.device).view(nb, bq, 1)
         dist_sink = qpos - torch.arange(sinks, device=q.device)  # (nb, bq, s)
-        mask = torch.cat([mask.expand(1, nb, bq, span), (dist_sink >= w)[None]], dim=-1)
+        if head_windows is None:
+            outside = (dist_sink >= w)[None]
+        else:
+            outside = (dist_sink[None] >= hw[:, None, None, None]).repeat(n // len(hw), 1, 1, 1)
+        lead = max(mask.shape[0], outside.shape[0])
+        mask = torch.cat([mask.expand(lead, nb, bq, span), outside.expand(lead, nb, bq, sinks)],
+                         dim=-1)
         kb = torch.cat([kb, k[:, None, :sinks].expand(n, nb, sinks, d)], dim=2)
         vb = torch.cat([vb, v[:, None, :sinks].expand(n, nb, sinks, d)], dim=2)
     if pos_scores is None:
@@ -139,15 +180,15 @@ def _windowed_group(q, k, v, w, sinks, pos_scores, dropout_p, scale, bq, sink_lo
         psb = F.pad(pos_scores, (0, 0, 0, qpad)).view(n, nb, bq, r)
         if r == w:  # the XL case: one score per visible distance, laid out by a skew (no gather)
             bias = _skew(psb, bq)
-            if use_sinks:  # sinks outside the window: clamped to the farthest distance w - 1
-                bias = torch.cat([bias, psb[..., w - 1:].expand(n, nb, bq, sinks)], dim=-1)
         else:
             bias = psb.gather(-1, dist.clamp(0, r - 1).expand(n, nb, bq, span))
-            if use_sinks:
-                idx = dist_sink.clamp(0, r - 1).expand(n, nb, bq, sinks)
-                bias = torch.cat([bias, psb.gather(-1, idx)], dim=-1)
-        attn_mask = bias + torch.zeros(mask.shape, dtype=bias.dtype, device=bias.device).masked_fill(
-            ~mask, float("-inf"))
+        if use_sinks:
+            if r == w and head_windows is None:  # sinks outside the window: its farthest distance
+                sink_bias = psb[..., w - 1:].expand(n, nb, bq, sinks)
+            else:  # (merged heads: a sink inside the layout window reads its own distance)
+                sink_bias = psb.gather(-1, dist_sink.clamp(0, r - 1).expand(n, nb, bq, sinks))
+            bias = torch.cat([bias, sink_bias], dim=-1)
+        attn_mask = bias.masked_fill(~mask, float("-inf"))  # one op; its backward one too
     if sink_logits is not None:
         attn_mask, kb, vb = _append_learned_sink(attn_mask, kb, vb, sink_logits)
     # fused SDPA on CPU has no gradient for a float mask: with a differentiable bias it falls back
@@ -214,22 +255,31 @@ def blocked_window_attention(
     scale: Optional[float] = None,
     sink_logits: Optional[torch.Tensor] = None,
     block_size: Optional[int] = None,
+    merge_heads: bool = False,
 ) -> torch.Tensor:
     """Blocked window attention. q (B, H, Lq, D), k/v (B, H, Lk, D), windows one per head,
     pos_scores (B, H, Lq, R) or None, sink_logits (H,) or None. Returns (B, H, Lq, D).
-    ``block_size`` overrides :func:`default_block_size`."""
+    ``block_size`` overrides :func:`default_block_size`. ``merge_heads``: every head in one
+    call over the layout of the largest window, each masked to its own (:func:`_merged_heads`;
+    one fixed cost instead of one per window group, the span of the largest window for all)."""
     check_inputs(q, k, v, windows, sink_tokens, pos_scores, dropout_p, sink_logits)
     return blocked_window_attention_unchecked(q, k, v, windows, sink_tokens, pos_scores,
-                                              dropout_p, scale, sink_logits, block_size)
+                                              dropout_p, scale, sink_logits, block_size,
+                                              merge_heads)
 
 
 def blocked_window_attention_unchecked(q, k, v, windows: Windows, sink_tokens=0, pos_scores=None,
                                        dropout_p=0.0, scale=None, sink_logits=None,
-                                       block_size=None) -> torch.Tensor:
+                                       block_size=None, merge_heads=False) -> torch.Tensor:
     """``blocked_window_attention`` without the input checks (``window_attention`` ran them)."""
     b, h, lq, d = q.shape
     lk = k.shape[2]
     scale = d ** -0.5 if scale is None else scale
+    if merge_heads:
+        ws = tuple(effective_window(w, lk) for w in windows)
+        if None not in ws and len(set(ws)) > 1:
+            return _merged_heads(q, k, v, ws, sink_tokens, pos_scores, dropout_p, scale,
+                                 sink_logits, block_size)
     groups = group_heads(windows, lk)
     parts = zip(*(groups.split(x, 1) if x is not None else [None] * len(groups)
                   for x in (q, k, v, pos_scores)))
@@ -249,6 +299,27 @@ def blocked_window_attention_unchecked(q, k, v, windows: Windows, sink_tokens=0,
             og = _windowed_group(qg, kg, vg, w, sink_tokens, pg, dropout_p, scale, bq, sg)
         outs.append(og.view(b, len(heads), lq, d))
     return groups.merge(outs, 1)
+
+
+def _merged_heads(q, k, v, windows, sinks, pos_scores, dropout_p, scale, sink_logits, block_size):
+    """Every head in one call: blocks of :func:`merged_block_size` queries over the
+    span of the largest of ``windows`` (all finite, < Lk), each head masked to its own window
+    (:func:`_merged_window_mask`). Where window groups are many and small (MSWA at small
+    shapes) this saves a fixed cost per group; every head pays the largest window's span.
+    Shapes as ``blocked_window_attention``."""
+    b, h, lq, d = q.shape
+    n = b * h
+    w = max(windows)
+    bq = block_size or merged_block_size(windows)
+    qf, kf, vf = (x.reshape(n, -1, d) for x in (q, k, v))
+    pf = None if pos_scores is None else pos_scores.reshape(n, lq, -1)
+    sf = None if sink_logits is None else sink_logits.repeat(b)
+    if bq >= lq:
+        out = _dense_group(qf, kf, vf, windows, sinks, pf, dropout_p, scale, sf)
+    else:
+        out = _windowed_group(qf, kf, vf, w, sinks, pf, dropout_p, scale, bq, sf,
+                              head_windows=windows)
+    return out.view(b, h, lq, d)
 
 
 def _dense_group(q, k, v, w, sinks, pos_scores, dropout_p, scale, sink_logits=None):
@@ -272,13 +343,15 @@ def _dense_group(q, k, v, w, sinks, pos_scores, dropout_p, scale, sink_logits=No
 def _dense_block(q, k, v, w, sinks, pos_scores, dropout_p, scale, sink_logits=None):
     """One masked (Lq, Lk) call: q (N, Lq, D) are the last Lq positions of the Lk keys."""
     lk = k.shape[1]
-    mask = visibility_mask(q.shape[1], lk, [w], sinks, q.device)
+    ws = list(w) if isinstance(w, (list, tuple)) else [w]  # one window, or one per head of the rows
+    mask = visibility_mask(q.shape[1], lk, ws, sinks, q.device)
+    if len(ws) > 1:
+        mask = mask.repeat(q.shape[0] // len(ws), 1, 1)
     if pos_scores is None:
         attn_mask = mask
     else:
         bias = distance_bias(pos_scores, lk)  # the relative shift (copies, no gather)
-        attn_mask = bias + torch.zeros(mask.shape, dtype=bias.dtype, device=bias.device).masked_fill(
-            ~mask, float("-inf"))
+        attn_mask = bias.masked_fill(~mask, float("-inf"))
     if sink_logits is not None:
         attn_mask, k, v = _append_learned_sink(attn_mask, k, v, sink_logits)
     if attn_mask.requires_grad and q.device.type == "cpu":  # see _windowed_group

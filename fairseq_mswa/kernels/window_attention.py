@@ -96,6 +96,7 @@ def window_attention(
     scale: Optional[float] = None,
     sink_logits: Optional[torch.Tensor] = None,
     backend: str = "auto",
+    merge_heads: bool = False,
 ) -> torch.Tensor:
     """Causal multi-scale window attention.
 
@@ -110,6 +111,10 @@ def window_attention(
         sink_logits: optional (H,) learned sink logit per head: one more softmax column, dropped
             after the softmax (gpt-oss's attention sinks; no key is added).
         backend: one of ``BACKENDS``.
+        merge_heads: ``blocked`` computes heads of different windows in one call over the
+            largest window's layout (per-head masks) instead of one call per window group: the
+            XL layer's ``merged`` layout. Other backends take all heads in one call (dense,
+            flex) or one per group (flash) whatever it says; results are the same either way.
     Returns:
         (B, H, Lq, D)
     """
@@ -129,5 +134,8 @@ def window_attention(
                 f"attention backend {backend!r} cannot serve these inputs: {reason}. "
                 f"Use backend={fallback!r} (or 'auto')."
             )
+    if backend == "blocked" and merge_heads:
+        return blocked_window_attention_unchecked(q, k, v, windows, sink_tokens, pos_scores,
+                                                  dropout_p, scale, sink_logits, merge_heads=True)
     return _FUNCTIONS[backend](q, k, v, windows, sink_tokens, pos_scores, dropout_p, scale,
                                sink_logits)

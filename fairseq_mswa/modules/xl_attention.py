@@ -199,7 +199,7 @@ class RelMultiheadWindowAttention(nn.Module):
         return window_attention(
             q_u.transpose(1, 2), k, v, windows, sink_tokens=sinks_in_keys, pos_scores=pos_scores,
             dropout_p=self.attention_dropout if self.training else 0.0, scale=d ** -0.5,
-            sink_logits=sink_logits, backend=self.backend,
+            sink_logits=sink_logits, backend=self.backend, merge_heads=len(set(windows)) > 1,
         )
 
     # --- incremental decoding ----------------------------------------------------------------------

@@ -58,6 +58,7 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
 
+from ..allocator import keep_freed_memory
 from ..models.window_config import check_backend
 from ..stream import StreamMemory, StreamState, memory_layout_of, stream_memories_of
 
@@ -176,6 +177,13 @@ class MSWALanguageModelingConfig(FairseqDataclass):
     save_interval_updates: int = II("checkpoint.save_interval_updates")
     validate_interval_updates: int = II("dataset.validate_interval_updates")
     max_update: int = II("optimization.max_update")
+    release_freed_memory: bool = field(
+        default=False,
+        metadata={"help": "on a machine without CUDA, leave glibc's allocator as it is (freed heap "
+                          "memory goes back to the OS, and the next step page-faults it in again); "
+                          "by default mswa_lm keeps freed memory in the process for reuse "
+                          "(fairseq_mswa/allocator.py: fewer page faults, faster CPU training)"},
+    )
 
 
 @register_task("mswa_lm", dataclass=MSWALanguageModelingConfig)
@@ -202,6 +210,9 @@ class MSWALanguageModelingTask(FairseqTask):
             )
         dictionary = Dictionary.load(dict_path)
         logger.info("dictionary: %d types", len(dictionary))
+        if not cfg.release_freed_memory and not torch.cuda.is_available() and keep_freed_memory():
+            logger.info("CPU allocator: freed heap memory is kept for reuse (glibc mallopt, "
+                        "fairseq_mswa/allocator.py; --release-freed-memory to leave it as it is)")
         return cls(cfg, dictionary)
 
     def _batch_size(self, split: str) -> int:
