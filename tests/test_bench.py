@@ -24,7 +24,10 @@ def test_bench_train_quick(tmp_path):
     assert spread["min"] <= spread["q1"] <= spread["median"] <= spread["q3"] <= spread["max"]
     assert result["mswa_over_swa_128"] == spread["median"]
     layers = result["layouts"]["quick@128"]  # each distinct MSWA layer, grouped vs merged
-    assert len(layers) == 4 and all(x["faster"] in ("grouped", "merged") for x in layers)
+    assert len(layers) == 4 and all(x["faster"] in x["median_s"] and x["auto"] in x["median_s"]
+                                    for x in layers)
+    assert {"grouped", "merged", "2+1+1"} <= set(layers[0]["median_s"])  # every partition timed
+    assert result["layouts_auto_over_fastest"] >= 1.0
     assert result["layouts_auto_picks_faster"][1] == 8
     assert result["machine"]["cpu_count"] >= 1 and result["command"].startswith("python scripts/")
     assert "attn_layers_mswa_over_swa_time" in out_md.read_text()

@@ -221,12 +221,21 @@ def time_attention_layers(shape: dict, seg: int, reps: int, warmup: int, device=
             "core_mswa_over_swa_time": core["mswa"] / core["swa"] if core["swa"] > 0 else None}
 
 
+def layout_name(sizes) -> str:
+    """``grouped`` (one pass per window group), ``merged`` (one pass) or e.g. ``2+1+1``."""
+    if len(sizes) == 1:
+        return "merged"
+    return "grouped" if set(sizes) == {1} else "+".join(map(str, sizes))
+
+
 def time_layouts(shape: dict, seg: int, reps: int, warmup: int, device="cpu") -> list:
     """Forward + backward time of each distinct MSWA layer of ``shape`` alone (batch
-    ``shape['batch']``, steady-state memory), ``grouped`` against ``merged``, timed interleaved;
-    beside each the layout ``auto`` picks (:func:`fairseq_mswa.kernels.plan.prefer_merged`) and
-    what the plan's cost model counts (passes, FLOPs): the data that calibrates the model."""
-    from fairseq_mswa.kernels.plan import layer_seconds, pass_flops, prefer_merged
+    ``shape['batch']``, steady-state memory) in every layout (every partition of its window
+    groups into passes: ``grouped``, ``merged`` and those between, e.g. ``2+1+1``), timed
+    interleaved; beside each the layout ``auto`` picks (``plan.best_partition``) and what the
+    plan's cost model counts (passes, FLOPs): the data that calibrates the model."""
+    from fairseq_mswa.kernels.plan import (best_partition, compositions, layout_seconds,
+                                           pass_flops, pass_windows)
     from fairseq_mswa.kernels.common import window_groups
 
     sched = build_schedule(shape["layers"], shape["heads"], shape["base_window"], "mswa")
@@ -243,9 +252,10 @@ def time_layouts(shape: dict, seg: int, reps: int, warmup: int, device="cpu") ->
         layer = RelMultiheadWindowAttention(e, h, windows).to(device)
         x = torch.randn(b, seg, e, device=device, requires_grad=True)
         mem = torch.randn(b, mem_len, e, device=device)
+        layouts = {layout_name(c): c for c in compositions(len(window_groups(windows)))}
 
-        def step(strategy):
-            layer.strategy = strategy
+        def step(sizes):
+            layer.strategy = sizes
             _sync(device)
             t0 = time.perf_counter()
             layer(x, mem, 0).sum().backward()
@@ -253,23 +263,24 @@ def time_layouts(shape: dict, seg: int, reps: int, warmup: int, device="cpu") ->
             return time.perf_counter() - t0
 
         for _ in range(warmup):
-            step("grouped"), step("merged")
-        t = {"grouped": [], "merged": []}
+            for sizes in layouts.values():
+                step(sizes)
+        t = {name: [] for name in layouts}
+        names = list(layouts)
         for rep in range(reps):
-            for strategy in (("grouped", "merged") if rep % 2 == 0 else ("merged", "grouped")):
-                t[strategy].append(step(strategy))
+            for name in (names if rep % 2 == 0 else names[::-1]):
+                t[name].append(step(layouts[name]))
         med = {k: statistics.median(v) for k, v in t.items()}
-        groups = window_groups(windows)
+        auto = layout_name(best_partition(windows, b, seg, mem_len, d))
+        faster = min(med, key=med.get)
         out.append({
             "layer": i, "windows": list(windows), "batch": b, "segment": seg, "memory": mem_len,
-            "median_s": med, "faster": min(med, key=med.get),
-            "auto": "merged" if prefer_merged(windows, b, seg, mem_len, d) else "grouped",
-            "passes": {"grouped": len(groups), "merged": 1},
-            "flops": {"grouped": sum(pass_flops([w] * len(hs), b, seg, mem_len, d, e)
-                                     for w, hs in groups),
-                      "merged": pass_flops(list(windows), b, seg, mem_len, d, e)},
-            "model_s": {k: layer_seconds(windows, b, seg, mem_len, d, k == "merged")
-                        for k in ("grouped", "merged")},
+            "median_s": med, "faster": faster, "auto": auto,
+            "auto_over_fastest": med[auto] / med[faster],
+            "passes": {k: len(c) for k, c in layouts.items()},
+            "flops": {k: sum(pass_flops(p, b, seg, mem_len, d, e) for p in pass_windows(windows, c))
+                      for k, c in layouts.items()},
+            "model_s": {k: layout_seconds(windows, c, b, seg, mem_len, d) for k, c in layouts.items()},
         })
     return out
 
@@ -454,16 +465,23 @@ def markdown(result) -> str:
                   "225/256 = 0.879).", ""]
     if result.get("layouts"):
         hit, total = result["layouts_auto_picks_faster"]
-        lines += [f"Layouts of each distinct MSWA layer alone (forward + backward, grouped vs merged; "
-                  f"`auto` = the plan's pick, kernels/plan.py): auto picks the faster in {hit} of "
-                  f"{total} layers." + _refit_sentence(result.get("layouts_refit")), "",
-                  "| shape @ segment | windows | grouped ms | merged ms | faster | auto |",
-                  "|---|---|---|---|---|---|"]
+        lines += [f"Layouts of each distinct MSWA layer alone (forward + backward; every partition "
+                  "of its window groups into passes timed interleaved: grouped = one pass per "
+                  "group, merged = one pass, 2+1+1 = the two smallest windows' groups together; "
+                  f"`auto` = the plan's pick, kernels/plan.py): auto picks the fastest in {hit} of "
+                  f"{total} layers; summed over them its layouts take "
+                  f"{result['layouts_auto_over_fastest']:.3f}x the fastest's time."
+                  + _refit_sentence(result.get("layouts_refit")), "",
+                  "| shape @ segment | windows | grouped ms | merged ms | fastest (ms) | auto (ms) "
+                  "| auto / fastest |",
+                  "|---|---|---|---|---|---|---|"]
         for key, layers in result["layouts"].items():
             for x in layers:
+                t = x["median_s"]
                 lines.append(f"| {key} | {x['windows'][0]}..{x['windows'][-1]} | "
-                             f"{1e3 * x['median_s']['grouped']:.2f} | {1e3 * x['median_s']['merged']:.2f} | "
-                             f"{x['faster']} | {x['auto']} |")
+                             f"{1e3 * t['grouped']:.2f} | {1e3 * t['merged']:.2f} | "
+                             f"{x['faster']} ({1e3 * t[x['faster']]:.2f}) | "
+                             f"{x['auto']} ({1e3 * t[x['auto']]:.2f}) | {x['auto_over_fastest']:.3f} |")
         lines.append("")
     if result.get("step_gflops"):
         lines += ["Needed GFLOPs per step (`step_flops`, times the batch): " + ", ".join(
@@ -610,6 +628,11 @@ def main(argv=None):
         "layouts_auto_picks_faster": (sum(x["auto"] == x["faster"] for v in layouts.values() for x in v),
                                       sum(len(v) for v in layouts.values())),
         "layouts_refit": _refit(layouts),
+        # time of auto's layouts over the fastest measured, summed over every layer timed
+        "layouts_auto_over_fastest": (
+            sum(x["median_s"][x["auto"]] for v in layouts.values() for x in v)
+            / sum(x["median_s"][x["faster"]] for v in layouts.values() for x in v)
+            if layouts else None),
         "step_gflops": {k: round(v / 1e9, 3) for k, v in flops.items()},
     }
     # every ratio at the top level too (its median), one key each

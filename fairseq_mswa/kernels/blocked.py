@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from .common import Windows, check_inputs, effective_window, group_heads
-from .dense import distance_bias, visibility_mask, with_sink_column
+from .dense import cached_visibility_mask, distance_bias, with_sink_column
 
 # Query block size per window, tuned on a 2-core CPU (scripts/bench_attention.py, fwd+bwd of
 # 2-head groups at L=4096): the work per query is bq + w - 1 keys, so small windows want small
@@ -343,10 +343,9 @@ def _dense_group(q, k, v, w, sinks, pos_scores, dropout_p, scale, sink_logits=No
 def _dense_block(q, k, v, w, sinks, pos_scores, dropout_p, scale, sink_logits=None):
     """One masked (Lq, Lk) call: q (N, Lq, D) are the last Lq positions of the Lk keys."""
     lk = k.shape[1]
-    ws = list(w) if isinstance(w, (list, tuple)) else [w]  # one window, or one per head of the rows
-    mask = visibility_mask(q.shape[1], lk, ws, sinks, q.device)
-    if len(ws) > 1:
-        mask = mask.repeat(q.shape[0] // len(ws), 1, 1)
+    ws = tuple(w) if isinstance(w, (list, tuple)) else (w,)  # one window, or one per head of the rows
+    mask = cached_visibility_mask(q.shape[1], lk, ws, sinks, q.device,
+                                  q.shape[0] // len(ws) if len(ws) > 1 else 1)
     if pos_scores is None:
         attn_mask = mask
     else:

@@ -16,6 +16,7 @@ Conventions shared by every backend (see ``window_attention``):
   to the cache or the cost: :func:`with_sink_column`.
 """
 
+from functools import lru_cache
 from typing import Optional
 
 import torch
@@ -39,6 +40,15 @@ def visibility_mask(
         m = causal if w is None else causal & (dist < w)
         masks.append(m | sink)
     return torch.stack(masks)
+
+
+@lru_cache(maxsize=128)
+def cached_visibility_mask(lq: int, lk: int, windows: tuple, sink_tokens: int, device,
+                           rows: int = 1) -> torch.Tensor:
+    """:func:`visibility_mask` for the kernels, built once per shape (read only: never write to
+    it). ``rows`` > 1 repeats it for ``rows`` batch rows: (rows x H, Lq, Lk)."""
+    mask = visibility_mask(lq, lk, windows, sink_tokens, device)
+    return mask.repeat(rows, 1, 1) if rows > 1 else mask
 
 
 def distance_scores(pos_scores: torch.Tensor, lk: int) -> torch.Tensor:
@@ -115,7 +125,7 @@ def dense_window_attention_unchecked(q, k, v, windows: Windows, sink_tokens=0, p
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale
     if pos_scores is not None:
         scores = scores + distance_bias(pos_scores, lk)
-    mask = visibility_mask(lq, lk, windows, sink_tokens, q.device)
+    mask = cached_visibility_mask(lq, lk, tuple(windows), sink_tokens, q.device)
     scores = scores.masked_fill(~mask, float("-inf"))
     if sink_logits is not None:  # (B, H, ...): one logit per head, the same for every batch row
         scores = with_sink_column(scores.transpose(0, 1), sink_logits).transpose(0, 1)

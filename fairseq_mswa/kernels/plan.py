@@ -1,37 +1,45 @@
-"""Which layout a Transformer-XL layer should use for its window groups: a cost model.
+"""How a Transformer-XL layer lays out its window groups in passes: a cost model.
 
-A layer with several window groups (MSWA: 4) can compute each group on its own (``grouped``:
-each head's work follows its window, plus a fixed cost per group: its memory projection, position
-table, kernel call and their backward) or all heads in one pass over the largest window
-(``merged``: one fixed cost, every head pays the largest window). Time of one pass is modelled as
+A layer with several window groups (MSWA: 4) computes them in *passes*, each a run of consecutive
+window groups with one memory projection (of the states its widest window reads), one position
+table and one kernel call with per-head masks (``blocked``'s ``merge_heads``). One pass per group
+(``grouped``) makes each head's work follow its window but pays a fixed cost per group; one pass
+for all (``merged``) pays the fixed cost once but every head pays the largest window; the
+partitions between (e.g. ``2+1+1``: the two smallest windows' groups together) trade the two.
+Time of one pass is modelled as
 
     t = CALL_SECONDS + flops / FLOPS_PER_SECOND
 
 with ``flops`` the forward + backward arithmetic the pass performs (the keys its kernel layout
-touches, not only the visible ones).
+touches, not only the visible ones); :func:`best_partition` picks the partition with the
+smallest sum (``auto``).
 
-The two constants are a least-squares fit (:func:`fit_constants`: each layer's residual divided
-by its grouped time) of the measured difference ``t_merged - t_grouped`` of every distinct MSWA
-layer alone, forward + backward, on a 2-core CPU (torch 2.13, 2 threads) at the shapes the
-project trains: the demo's (4 x 4, d 128, segment 64, batch 16), the CPU tables' (d 64,
-segment 128, batch 8) and the paper's (12 x 8, d 512, segments 512 and 2048, batch 1): 16 layers,
-measured by ``bench_train.time_layouts`` (9 reps, medians) with ``merged`` as one kernel call
-(``blocked``'s ``merge_heads``). That fit sends 13 of the 16 layers to the layout that measured
-faster; the three it misses differ by 0.2-3 ms (two demo layers within their repetitions'
-spread, and the CPU tables' last layer, whose merged span of 16-query blocks over window 128 is
-slower than the arithmetic says). ``scripts/bench_train.py`` measures the same layers in every
-run (its ``layouts`` section), reports how many of them this model picks right and the constants
-that run's own data would give (``layouts_refit``). On other hardware pass
-``strategy='grouped'`` or ``'merged'`` to a layer to force one.
+The two constants are a least-squares fit (:func:`fit_constants`: each residual divided by the
+layer's grouped time) of the measured difference to ``grouped`` of every partition of every
+distinct MSWA layer alone, forward + backward, on a 2-core CPU (torch 2.13, 2 threads, freed
+memory kept by ``fairseq_mswa.allocator``) at the shapes the project trains: the demo's (4 x 4,
+d 128, segment 64, batch 16), the CPU tables' (d 64, segment 128, batch 8) and the paper's
+(12 x 8, d 512, segments 512 and 2048, batch 1): 16 layers x 8 partitions, 7 interleaved reps
+each (``bench_train.time_layouts``). With them ``auto`` picks the fastest measured partition in
+6 of the 16 layers (the best few are within 1-5 % of each other, about the spread between
+repetitions), and summed over the 16 layers its partitions take 1.041x the time of the fastest
+measured ones (``grouped`` everywhere 1.051x, ``merged`` everywhere 1.274x). Only the product
+``CALL_SECONDS * FLOPS_PER_SECOND`` (the arithmetic one pass's fixed cost is worth) decides.
+``scripts/bench_train.py`` measures the same layers in every run (its ``layouts`` section) and
+reports how auto's layouts compare with the fastest and the constants that run's own data would
+give (``layouts_refit``). On other hardware pass ``strategy='grouped'``, ``'merged'`` or a
+partition such as ``(2, 1, 1)`` to a layer to force one.
 """
 
-from typing import Dict, Optional, Sequence, Tuple
+import itertools
+from functools import lru_cache
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .blocked import default_block_size, merged_block_size
 from .window_attention import DENSE_MAX_SCORES
 
-CALL_SECONDS = 8.2e-4
-FLOPS_PER_SECOND = 4.0e10
+CALL_SECONDS = 9.0e-4
+FLOPS_PER_SECOND = 8.0e10
 
 
 def _keys_touched(windows: Sequence[Optional[int]], length: int, keys: int) -> int:
@@ -64,38 +72,76 @@ def pass_flops(windows: Sequence[Optional[int]], batch: int, length: int, memory
     return 3.0 * fwd
 
 
-def layer_seconds(windows: Sequence[Optional[int]], batch: int, length: int, memory_len: int,
-                  head_dim: int, merged: bool) -> float:
-    """Modelled seconds of the window-dependent part of one layer, merged or grouped."""
+Partition = Tuple[int, ...]  # window groups per pass, in group order: (1, 1, 1, 1) grouped, (4,) merged
+
+
+def compositions(n: int):
+    """Every partition of ``n`` window groups into runs of consecutive groups (2 ** (n - 1))."""
+    for cuts in itertools.product((False, True), repeat=n - 1):
+        sizes, run = [], 1
+        for cut in cuts:
+            if cut:
+                sizes.append(run)
+                run = 1
+            else:
+                run += 1
+        sizes.append(run)
+        yield tuple(sizes)
+
+
+def pass_windows(windows: Sequence[Optional[int]], sizes: Partition) -> List[List[Optional[int]]]:
+    """The windows of each pass's heads (group order) when ``sizes`` cuts the window groups of
+    ``windows`` into passes; raises ValueError when the sizes do not add up to the groups."""
     from .common import window_groups
 
+    groups = window_groups(windows)
+    if sum(sizes) != len(groups) or min(sizes, default=0) < 1:
+        raise ValueError(f"partition {tuple(sizes)} does not cut the {len(groups)} window groups "
+                         f"of {list(windows)} into passes (positive sizes adding up to {len(groups)})")
+    out, start = [], 0
+    for size in sizes:
+        out.append([w for w, heads in groups[start:start + size] for _ in heads])
+        start += size
+    return out
+
+
+def layout_seconds(windows: Sequence[Optional[int]], sizes: Partition, batch: int, length: int,
+                   memory_len: int, head_dim: int) -> float:
+    """Modelled seconds of the window-dependent part of one layer laid out as ``sizes``."""
     embed = head_dim * len(windows)
-    passes = [list(windows)] if merged else [[w] * len(h) for w, h in window_groups(windows)]
     return sum(CALL_SECONDS + pass_flops(p, batch, length, memory_len, head_dim, embed)
-               / FLOPS_PER_SECOND for p in passes)
+               / FLOPS_PER_SECOND for p in pass_windows(windows, sizes))
 
 
-def prefer_merged(windows: Sequence[Optional[int]], batch: int, length: int, memory_len: int,
-                  head_dim: int) -> bool:
-    """True when one merged pass is modelled cheaper than one pass per window group."""
-    return (layer_seconds(windows, batch, length, memory_len, head_dim, True)
-            < layer_seconds(windows, batch, length, memory_len, head_dim, False))
+@lru_cache(maxsize=512)
+def best_partition(windows: Tuple[Optional[int], ...], batch: int, length: int, memory_len: int,
+                   head_dim: int) -> Partition:
+    """The partition of the window groups into passes with the smallest modelled time (fewer
+    passes on ties): what a layer's ``auto`` strategy uses."""
+    from .common import window_groups
+
+    n = len(window_groups(windows))
+    return min(compositions(n), key=lambda sizes: (
+        layout_seconds(windows, sizes, batch, length, memory_len, head_dim), len(sizes)))
 
 
 def fit_constants(layers: Sequence[Dict]) -> Optional[Tuple[float, float]]:
     """``(CALL_SECONDS, FLOPS_PER_SECOND)`` fitted to measured layers, or None when the data
-    cannot determine them (fewer than two layers, or a fit that is not positive).
+    cannot determine them (fewer than two differences, or a fit that is not positive).
 
     ``layers``: ``bench_train``'s ``layouts`` records, each with ``median_s``, ``passes`` and
-    ``flops`` for ``grouped`` and ``merged``. Least squares of the measured difference
-    ``t_merged - t_grouped = CALL * (passes_m - passes_g) + (flops_m - flops_g) / FLOPS``, each
-    layer's residual divided by its grouped time (a layer of 10 ms and one of 1 s count alike)."""
+    ``flops`` per measured layout (``grouped`` and the others). Least squares of every measured
+    difference to the grouped layout, ``t_L - t_grouped = CALL * (passes_L - passes_grouped) +
+    (flops_L - flops_grouped) / FLOPS``, each residual divided by the layer's grouped time (a layer
+    of 10 ms and one of 1 s count alike)."""
     rows = []
     for x in layers:
         t, n, f = x["median_s"], x["passes"], x["flops"]
         w = 1.0 / t["grouped"]
-        rows.append((w * (n["merged"] - n["grouped"]), w * (f["merged"] - f["grouped"]),
-                     w * (t["merged"] - t["grouped"])))
+        for key in t:
+            if key != "grouped" and (n[key], f[key]) != (n["grouped"], f["grouped"]):
+                rows.append((w * (n[key] - n["grouped"]), w * (f[key] - f["grouped"]),
+                             w * (t[key] - t["grouped"])))
     if len(rows) < 2:
         return None
     s11 = sum(a * a for a, _, _ in rows)
@@ -114,10 +160,10 @@ def fit_constants(layers: Sequence[Dict]) -> Optional[Tuple[float, float]]:
 
 def picks_faster(layers: Sequence[Dict], call_seconds: float, flops_per_second: float) -> int:
     """How many of ``layers`` (as :func:`fit_constants` takes them) the model with these
-    constants sends to the layout that measured faster."""
+    constants sends to the layout that measured fastest of those measured."""
     hits = 0
     for x in layers:
         t, n, f = x["median_s"], x["passes"], x["flops"]
-        model = {k: n[k] * call_seconds + f[k] / flops_per_second for k in ("grouped", "merged")}
+        model = {k: n[k] * call_seconds + f[k] / flops_per_second for k in t}
         hits += min(model, key=model.get) == min(t, key=t.get)
     return hits

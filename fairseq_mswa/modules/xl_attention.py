@@ -45,13 +45,16 @@ from .kv_cache import WindowKVCache
 from .relative_positions import RelativeSinusoid
 from .sinks import learned_sink_logits
 
-# How a layer lays out its window groups (``strategy``):
-#   grouped  every window group on its own (its memory slice, position table, kernel call): the
-#            work of each head follows its window; a fixed cost per group.
-#   merged   all heads in one pass over the layer's largest window (one memory projection, one
-#            position table, one kernel call with per-head masks): the fixed cost of one group,
-#            the arithmetic of the largest window for every head.
-#   auto     the cheaper of the two by :func:`fairseq_mswa.kernels.plan.prefer_merged`.
+# How a layer lays out its window groups in *passes* (``strategy``); a pass is a run of
+# consecutive window groups computed together: one memory projection of the states its widest
+# window reads, one position table, one kernel call with per-head masks (blocked's merge_heads).
+#   grouped  one pass per window group: the work of each head follows its window; a fixed cost
+#            per group.
+#   merged   one pass for all heads: the fixed cost of one group, the arithmetic of the largest
+#            window for every head.
+#   auto     the partition with the smallest modelled time (kernels/plan.py: best_partition),
+#            for example (2, 1, 1): the two smallest window groups together, the others alone.
+#   a tuple  an explicit partition: window groups per pass, in group order, e.g. (2, 2).
 STRATEGIES = ("auto", "grouped", "merged")
 
 
@@ -73,8 +76,14 @@ class RelMultiheadWindowAttention(nn.Module):
             raise ValueError(f"embed_dim {embed_dim} is not divisible by {num_heads} heads")
         if len(windows) != num_heads:
             raise ValueError(f"got {len(windows)} windows for {num_heads} heads: give one per head")
-        if strategy not in STRATEGIES:
-            raise ValueError(f"unknown attention strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
+        if isinstance(strategy, (tuple, list)):
+            from ..kernels.plan import pass_windows
+
+            strategy = tuple(int(n) for n in strategy)
+            pass_windows(windows, strategy)  # raises when it does not cut the groups
+        elif strategy not in STRATEGIES:
+            raise ValueError(f"unknown attention strategy {strategy!r}: use one of "
+                             f"{', '.join(STRATEGIES)}, or a partition such as (2, 2)")
         self.embed_dim, self.num_heads = embed_dim, num_heads
         self.head_dim = embed_dim // num_heads
         self.windows = tuple(windows)
@@ -90,7 +99,8 @@ class RelMultiheadWindowAttention(nn.Module):
         self.sink_logits = learned_sink_logits(num_heads) if learned_sinks else None
         self.heads = HeadGroups(self.windows)
         self.groups = self.heads.groups
-        self._kv_row_cache = {}  # device -> rows of qkv_proj.weight in group order (_kv_rows)
+        self._kv_row_cache = {}  # (device, partition) -> rows of qkv_proj.weight (_kv_rows)
+        self._pass_cache = {}  # partition -> windows per pass (_pass_windows)
 
     def memory_needed(self, window: Window, memory_len: int) -> int:
         """How many of the last memory states a head group with ``window`` reads."""
@@ -102,7 +112,8 @@ class RelMultiheadWindowAttention(nn.Module):
         memory_start + M); sinks (B, S, E) = states at positions [0, S), S = min(num_sinks,
         memory_start + M); num_sinks = the schedule's sink count. Returns (B, L, E).
 
-        Work done once per call for every pass (a pass = one window group, or all heads merged):
+        Work done once per call for every pass (a pass = a run of window groups, see
+        ``STRATEGIES``):
         the queries of every head (one matmul), the states the passes read (the last memory
         states the widest pass needs, then the segment: one concatenation), the key/value weight
         rows in pass order (one gather) and the projected position table up to the largest
@@ -120,19 +131,19 @@ class RelMultiheadWindowAttention(nn.Module):
         # position one pre-scaled) added once for every head
         q = F.linear(x, weight[:e]).view(b, length, self.num_heads, d)
         q_u, q_v = q + self.u_bias, (q + self.v_bias) * scale  # (B, L, H, D)
-        merged = self._merged(b, length, m_len)
-        sl = self.sink_logits
-        if merged:
-            passes = [list(self.windows)]
-            w_kv, w_r = weight[e:], self.r_proj.weight  # rows: k of every head, then v
-            q_parts = [(q_u, q_v)]
-            sink_parts = [sl]
+        sizes = self._partition(b, length, m_len)
+        passes = self._pass_windows(sizes)  # per pass its heads' windows, group order
+        counts = [len(ws) for ws in passes]
+        if len(passes) == 1 and self.heads.in_order:  # one pass in head order: plain views
+            w_kv = weight[e:]  # rows: k of every head, then v
         else:
-            passes = [[w] * len(heads) for w, heads in self.groups]
-            w_kv = weight.index_select(0, self._kv_rows(weight.device))  # per group: k rows, v rows
-            w_r = self.heads.to_group_order(self.r_proj.weight, 0, d)
-            q_parts = list(zip(self.heads.split(q_u, 2), self.heads.split(q_v, 2)))
-            sink_parts = [None] * len(passes) if sl is None else self.heads.split(sl, 0)
+            w_kv = weight.index_select(0, self._kv_rows(weight.device, sizes))
+        w_r = self.heads.to_group_order(self.r_proj.weight, 0, d)
+        q_parts = list(zip(self.heads.to_group_order(q_u, 2).split(counts, 2),
+                           self.heads.to_group_order(q_v, 2).split(counts, 2)))
+        sl = self.sink_logits
+        sink_parts = ([None] * len(passes) if sl is None
+                      else self.heads.to_group_order(sl, 0).split(counts, 0))
         reaches = [None if None in ws else max(ws) for ws in passes]
         needs = [self.memory_needed(r, m_len) for r in reaches]
         m_max = max(needs)
@@ -153,34 +164,48 @@ class RelMultiheadWindowAttention(nn.Module):
             r = r_all[:num_dist, col:col + g * d].view(num_dist, g, d)
             outs.append(self._attend(windows, qu, qv, k, v, r, sinks_in_keys, sp))
             row, col = row + 2 * g * d, col + g * d
-        out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]  # (B, H, L, D), pass order
+        out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]  # (B, H, L, D), group order
         out = out.transpose(1, 2).reshape(b, length, e)
-        w_out = self.out_proj.weight if merged else self.heads.to_group_order(self.out_proj.weight, 1, d)
-        return F.linear(out, w_out)
+        return F.linear(out, self.heads.to_group_order(self.out_proj.weight, 1, d))
 
-    def _kv_rows(self, device) -> torch.Tensor:
-        """Rows of ``qkv_proj.weight`` in window-group order, per group its heads' key rows then
-        their value rows (one contiguous block per group); cached per device."""
-        key = str(device)
+    def _kv_rows(self, device, sizes) -> torch.Tensor:
+        """Rows of ``qkv_proj.weight`` for the passes of partition ``sizes``: per pass its heads'
+        key rows then their value rows, heads in group order (one contiguous block per pass);
+        cached per device and partition."""
+        key = (str(device), sizes)
         rows = self._kv_row_cache.get(key)
         if rows is None:
             e, d = self.embed_dim, self.head_dim
-            order = []
-            for _, heads in self.groups:
+            order, start = [], 0
+            for n in (len(ws) for ws in self._pass_windows(sizes)):
+                heads = self.heads.order[start:start + n]
                 for base in (e, 2 * e):
                     order += [base + h * d + i for h in heads for i in range(d)]
+                start += n
             rows = self._kv_row_cache[key] = torch.tensor(order, device=device)
         return rows
 
-    def _merged(self, batch: int, length: int, memory_len: int) -> bool:
-        """Whether this call computes all heads in one pass (see ``STRATEGIES``)."""
-        if len(self.groups) == 1 or self.strategy == "grouped":
-            return False
-        if self.strategy == "merged":
-            return True
-        from ..kernels.plan import prefer_merged
+    def _pass_windows(self, sizes):
+        """Per pass of partition ``sizes`` its heads' windows (group order); cached."""
+        ws = self._pass_cache.get(sizes)
+        if ws is None:
+            from ..kernels.plan import pass_windows
 
-        return prefer_merged(self.windows, batch, length, memory_len, self.head_dim)
+            ws = self._pass_cache[sizes] = pass_windows(self.windows, sizes)
+        return ws
+
+    def _partition(self, batch: int, length: int, memory_len: int):
+        """Window groups per pass for this call (see ``STRATEGIES``)."""
+        n = len(self.groups)
+        if n == 1 or self.strategy == "grouped":
+            return (1,) * n
+        if self.strategy == "merged":
+            return (n,)
+        if isinstance(self.strategy, tuple):
+            return self.strategy
+        from ..kernels.plan import best_partition
+
+        return best_partition(self.windows, batch, length, memory_len, self.head_dim)
 
     def _attend(self, windows: List[Window], q_u, q_v, k, v, r, sinks_in_keys: int,
                 sink_logits: Optional[torch.Tensor] = None) -> torch.Tensor:
