@@ -1,7 +1,8 @@
 """fairseq_mswa: Multi-Scale Window Attention language models as a fairseq plugin.
 
 Use the package folder as fairseq's ``--user-dir``; importing it registers the models
-(``transformer_xl_mswa``, ``linear_mswa``) and the task (``mswa_lm``).
+(``transformer_xl_mswa``, ``linear_mswa``), the tasks (``mswa_lm``, ``recall``) and the
+criterion ``recall_cross_entropy``.
 
 Where things live:
 * ``schedule``   window of head j in layer i (pure Python).
@@ -10,7 +11,8 @@ Where things live:
 * ``kernels``    attention kernels and their backends (pure functions).
 * ``modules``    positions (relative / rotary), attention layers, norms, feed-forwards.
 * ``models``     fairseq models and architecture presets.
-* ``tasks``      fairseq tasks (stream LM with memory).
+* ``tasks``      fairseq tasks (stream LM with memory; associative recall).
+* ``criterions`` fairseq criterions (recall accuracy per distance).
 """
 
 __version__ = "0.1.0"
@@ -22,4 +24,4 @@ except ImportError:  # pure-Python parts (schedule, cost) stay usable without fa
 
 if fairseq is not None:
     from . import compat  # noqa: F401,E402  (fairseq 0.12 under NumPy 2)
-    from . import models, tasks  # noqa: F401,E402
+    from . import criterions, models, tasks  # noqa: F401,E402

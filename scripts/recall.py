@@ -1,0 +1,18 @@
+#!/usr/bin/env python
+"""Recall at distance (studies/recall.py):
+
+    python scripts/recall.py [--report-only] [--dry-run] [--models xl_swa,xl_mswa] [--seeds 1,2,3]
+
+Trains and tests every (model, seed) of the associative-recall study one at a time (resumable:
+finished runs are skipped), then writes results/recall/recall.{json,md,png}.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from studies.recall import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())
