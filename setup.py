@@ -10,8 +10,9 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10",
-    # data_prep: the corpora the drivers in fairseq_mswa.experiments build (no sys.path tricks)
-    packages=find_packages(include=["fairseq_mswa", "fairseq_mswa.*", "data_prep"]),
+    # fairseq_mswa: the plugin (fairseq's --user-dir); data_prep: corpora; studies: the drivers
+    # behind scripts/ (they import the other two, never the reverse; no sys.path tricks)
+    packages=find_packages(include=["fairseq_mswa", "fairseq_mswa.*", "data_prep", "studies"]),
     install_requires=[
         # FlexAttention (torch.nn.attention.flex_attention) needs torch >= 2.5
         "torch>=2.5",

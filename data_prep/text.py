@@ -42,7 +42,7 @@ import sys
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence
 
-from .prepare import (
+from .corpus import (
     MARKER, SPLITS, DataPrepError, Log, _log, atomic_dir, binarized_stats, expected_symbols,
     inspect_text_file, remove_stale_tmp, run_preprocess, sha256_file, write_json_atomic,
     write_tokens,

@@ -3,12 +3,12 @@
 
     python scripts/adapt.py            # CPU-scale run on the demo corpus
 
-Command-line front end of ``fairseq_mswa.experiments.adapt`` (``--help`` for the details).
+Command-line front end of ``studies.adapt`` (``--help`` for the details).
 """
 
 import sys
 
-from fairseq_mswa.experiments.adapt import main
+from studies.adapt import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -3,10 +3,10 @@
 
     python scripts/bench_attention.py --json results/bench/attention_cpu.json --md results/bench/attention_cpu.md
 
-Command-line front end of ``fairseq_mswa.experiments.bench_attention`` (``--help`` for the details).
+Command-line front end of ``studies.bench_attention`` (``--help`` for the details).
 """
 
-from fairseq_mswa.experiments.bench_attention import main
+from studies.bench_attention import main
 
 if __name__ == "__main__":
     main()

@@ -3,10 +3,10 @@
 
     python scripts/bench_decode.py --json results/bench/decode_cpu.json --md results/bench/decode_cpu.md
 
-Command-line front end of ``fairseq_mswa.experiments.bench_decode`` (``--help`` for the details).
+Command-line front end of ``studies.bench_decode`` (``--help`` for the details).
 """
 
-from fairseq_mswa.experiments.bench_decode import main
+from studies.bench_decode import main
 
 if __name__ == "__main__":
     main()

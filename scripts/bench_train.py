@@ -3,10 +3,10 @@
 
     python scripts/bench_train.py --json results/bench/train_cpu.json --md results/bench/train_cpu.md
 
-Command-line front end of ``fairseq_mswa.experiments.bench_train`` (``--help`` for the details).
+Command-line front end of ``studies.bench_train`` (``--help`` for the details).
 """
 
-from fairseq_mswa.experiments.bench_train import main
+from studies.bench_train import main
 
 if __name__ == "__main__":
     main()

@@ -5,12 +5,12 @@ path (the prompt in one incremental call, then token by token), e.g. under SWAA'
 
     python scripts/decode_eval.py DATA-BIN --path CKPT --prompt-tokens 512 --continuation-tokens 128
 
-Command-line front end of ``fairseq_mswa.experiments.decode_eval`` (``--help`` for the details).
+Command-line front end of ``studies.decode_eval`` (``--help`` for the details).
 """
 
 import sys
 
-from fairseq_mswa.experiments.decode_eval import main
+from studies.decode_eval import main
 
 if __name__ == "__main__":
     sys.exit(main())

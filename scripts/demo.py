@@ -3,12 +3,12 @@
 
     python scripts/demo.py            # ~10 minutes on 2 CPU cores
 
-Command-line front end of ``fairseq_mswa.experiments.demo`` (``--help`` for the details).
+Command-line front end of ``studies.demo`` (``--help`` for the details).
 """
 
 import sys
 
-from fairseq_mswa.experiments.demo import main
+from studies.demo import main
 
 if __name__ == "__main__":
     sys.exit(main())

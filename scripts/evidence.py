@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The evidence study (fairseq_mswa/experiments/evidence.py; the queue is
+"""The evidence study (studies/evidence.py; the queue is
 configs/tables/evidence.yaml):
 
     python scripts/evidence.py [--report-only] [--dry-run] [--data-dir data-bin]
@@ -9,11 +9,8 @@ are skipped), then writes results/evidence/evidence.{json,md,png}.
 """
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from fairseq_mswa.experiments.evidence import main  # noqa: E402
+from studies.evidence import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -219,7 +219,7 @@ import time
 import torch
 
 from fairseq_mswa.kernels.window_attention import select_backend, unsupported_reason
-from fairseq_mswa.run_utils import machine_info, write_json_atomic
+from studies.run_utils import machine_info, write_json_atomic
 
 mode, device, steps_file, out, commit, wall, budget = sys.argv[1:]
 steps = []

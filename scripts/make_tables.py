@@ -3,12 +3,12 @@
 
     python scripts/make_tables.py --scale cpu
 
-Command-line front end of ``fairseq_mswa.experiments.make_tables`` (``--help`` for the details).
+Command-line front end of ``studies.make_tables`` (``--help`` for the details).
 """
 
 import sys
 
-from fairseq_mswa.experiments.make_tables import main
+from studies.make_tables import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,11 +8,8 @@ finished runs are skipped), then writes results/recall/recall.{json,md,png}.
 """
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from studies.recall import main  # noqa: E402
+from studies.recall import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -3,12 +3,12 @@
 
     python scripts/reproduce.py --table 2 --scale cpu
 
-Command-line front end of ``fairseq_mswa.experiments.reproduce`` (``--help`` for the details).
+Command-line front end of ``studies.reproduce`` (``--help`` for the details).
 """
 
 import sys
 
-from fairseq_mswa.experiments.reproduce import main
+from studies.reproduce import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -28,12 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from fairseq_mswa.experiments.evidence import judge, mean_and_std
-from fairseq_mswa.run_utils import (
+from fairseq_mswa.schedule import build_schedule
+from studies.run_utils import (
     REPO_ROOT, commit_text, provenance, run_fairseq, save_figure_atomic, script_command,
     write_json_atomic, write_text_atomic,
 )
-from fairseq_mswa.schedule import build_schedule
+from studies.stats import judge, mean_and_std
 
 OUT = REPO_ROOT / "results" / "recall"
 RUNS = REPO_ROOT / "runs" / "recall"

@@ -1,7 +1,7 @@
 """Shared test helpers: a fake fairseq task with a small dictionary, the tiny models of both
-architectures (built as ``fairseq-train --arch`` builds them: fairseq_mswa.experiments.arch), the
+architectures (built as ``fairseq-train --arch`` builds them: studies.arch), the
 helpers of the two generation test modules, the one runner of fairseq's CLIs, and sample
-fairseq-eval-lm output (parsed by ``fairseq_mswa.run_utils.parse_eval_lm``, as the drivers do).
+fairseq-eval-lm output (parsed by ``studies.run_utils.parse_eval_lm``, as the drivers do).
 
 Plain helpers are importable with ``from conftest import ...`` (tests/ is on sys.path: it has no
 ``__init__.py``); test modules import helpers from here only, never from each other.
@@ -25,8 +25,8 @@ import torch  # noqa: E402
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
-from fairseq_mswa.experiments.arch import DictionaryTask as FakeTask  # noqa: F401  (re-exported)
-from fairseq_mswa.experiments.arch import build_arch_model, make_dictionary  # noqa: F401
+from studies.arch import DictionaryTask as FakeTask  # noqa: F401,E402  (re-exported)
+from studies.arch import build_arch_model, make_dictionary  # noqa: F401,E402
 
 # one thread per CLI process: the suite runs on 2 shared cores
 CLI_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",

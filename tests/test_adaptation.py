@@ -1,4 +1,4 @@
-"""fairseq_mswa.experiments.adapt (scripts/adapt.py, the SWAA adaptation study): --smoke end to end through scripts/adaptation.sh,
+"""studies.adapt (scripts/adapt.py, the SWAA adaptation study): --smoke end to end through scripts/adaptation.sh,
 every row measured and finite, and the two refusals (windowed checkpoint, wrong dictionary)."""
 
 import json
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fairseq_mswa.experiments import adapt
+from studies import adapt
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""The benchmarks (fairseq_mswa.experiments.bench_*) run (--quick) and write every key their
+"""The benchmarks (studies.bench_*) run (--quick) and write every key their
 issue asks for."""
 
 import json
@@ -6,8 +6,8 @@ import math
 import statistics
 from types import SimpleNamespace
 
-from fairseq_mswa.experiments import bench_decode
-from fairseq_mswa.experiments import bench_train as bench
+from studies import bench_decode, stats
+from studies import bench_train as bench
 
 
 def test_bench_train_quick(tmp_path):
@@ -34,7 +34,7 @@ def test_bench_train_quick(tmp_path):
 
 
 def test_paired_ratio_is_the_median_of_per_rep_ratios():
-    r = bench.paired_ratio([1.0, 2.0, 1.0], [2.0, 2.0, 4.0])  # tokens/s ratios 2, 1, 4
+    r = stats.paired_ratio([1.0, 2.0, 1.0], [2.0, 2.0, 4.0])  # tokens/s ratios 2, 1, 4
     assert (r["median"], r["min"], r["max"], r["reps"]) == (2.0, 1.0, 4.0, 3)
 
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import CLI_ENV, cli_command, run_cli
 
 import fairseq_mswa
-from fairseq_mswa.run_utils import parse_eval_lm, parse_train_inner
+from studies.run_utils import parse_eval_lm, parse_train_inner
 
 USER_DIR = str(Path(fairseq_mswa.__file__).parent)
 

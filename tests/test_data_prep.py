@@ -16,8 +16,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from data_prep import prepare  # noqa: E402
-from data_prep.prepare import DataPrepError  # noqa: E402
+from data_prep import corpus  # noqa: E402
+from data_prep.corpus import DataPrepError  # noqa: E402
 
 
 def _sha(data: bytes) -> str:
@@ -55,7 +55,7 @@ def enwik8_prepared(tmp_path_factory):
     # choose heldout so that valid does not end with a newline but test does
     assert not data[: -heldout].endswith(b"\n") and data.endswith(b"\n")
     sha = _zip(tmp / "enwik8.zip", {"enwik8": data})
-    info = prepare.prepare_enwik8(tmp / "root", tmp / "enwik8.zip", workers=1,
+    info = corpus.prepare_enwik8(tmp / "root", tmp / "enwik8.zip", workers=1,
                                   expect_sha256=sha, heldout=heldout, log=lambda m: None)
     return tmp, data, heldout, info
 
@@ -96,7 +96,7 @@ def test_enwik8_scored_symbols_equal_bytes(enwik8_prepared):
     valid = info["splits"]["valid"]
     assert valid["ends_with_newline"] is False
     assert valid["symbols"] == valid["bytes"] + 1
-    marker = json.loads((dest / prepare.MARKER).read_text())
+    marker = json.loads((dest / corpus.MARKER).read_text())
     assert marker["splits"]["test"]["symbols"] == marker["splits"]["test"]["bytes"]
     assert marker["official_archive"] is False
     # dictionary: the distinct byte values of train (newline excluded: it is </s>)
@@ -111,10 +111,10 @@ def test_enwik8_second_run_does_nothing(enwik8_prepared, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("a finished dataset must not be touched again")
 
-    monkeypatch.setattr(prepare, "fetch_archive", boom)
-    monkeypatch.setattr(prepare, "run_preprocess", boom)
+    monkeypatch.setattr(corpus, "fetch_archive", boom)
+    monkeypatch.setattr(corpus, "run_preprocess", boom)
     msgs = []
-    again = prepare.prepare_enwik8(tmp / "root", None, heldout=heldout, log=msgs.append)
+    again = corpus.prepare_enwik8(tmp / "root", None, heldout=heldout, log=msgs.append)
     assert again == info
     assert any("nothing to do" in m for m in msgs)
     assert {p: p.stat().st_mtime_ns for p in dest.iterdir()} == before
@@ -124,7 +124,7 @@ def test_checksum_mismatch_is_clear_and_leaves_nothing(tmp_path):
     _zip(tmp_path / "enwik8.zip", {"enwik8": _fake_enwik8()})
     root = tmp_path / "root"
     with pytest.raises(DataPrepError, match="sha256 .* expected 547994d9"):
-        prepare.prepare_enwik8(root, tmp_path / "enwik8.zip", log=lambda m: None)
+        corpus.prepare_enwik8(root, tmp_path / "enwik8.zip", log=lambda m: None)
     leftover = [p for p in root.rglob("*")] if root.exists() else []
     assert leftover == []
 
@@ -137,15 +137,15 @@ def test_interrupt_during_binarize_leaves_no_output(tmp_path, monkeypatch):
         (Path(dest) / "train.bin").write_bytes(b"half")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(prepare, "run_preprocess", interrupted)
+    monkeypatch.setattr(corpus, "run_preprocess", interrupted)
     root = tmp_path / "root"
     with pytest.raises(KeyboardInterrupt):
-        prepare.prepare_enwik8(root, tmp_path / "enwik8.zip", expect_sha256=sha, heldout=100,
+        corpus.prepare_enwik8(root, tmp_path / "enwik8.zip", expect_sha256=sha, heldout=100,
                                log=lambda m: None)
     assert not (root / "enwik8").exists()
     assert _leftovers(root) == []
     # the finished split (its own atomic step) is kept and reused
-    assert (root / "text" / "enwik8" / prepare.MARKER).is_file()
+    assert (root / "text" / "enwik8" / corpus.MARKER).is_file()
 
 
 def test_wikitext103_fabricated(tmp_path):
@@ -156,7 +156,7 @@ def test_wikitext103_fabricated(tmp_path):
                                      for s, t in (("train", train), ("valid", valid),
                                                   ("test", test))})
     root = tmp_path / "root"
-    info = prepare.prepare_wikitext103(root, tmp_path / "wt.zip", workers=1, expect_sha256=sha,
+    info = corpus.prepare_wikitext103(root, tmp_path / "wt.zip", workers=1, expect_sha256=sha,
                                        log=lambda m: None)
     # words + one </s> per line (Merity's <eos>), empty lines included
     assert info["splits"]["test"]["symbols"] == len(test.split()) + test.count("\n")
@@ -169,7 +169,7 @@ def test_wikitext103_fabricated(tmp_path):
 def test_wikitext103_archive_missing_member(tmp_path):
     sha = _zip(tmp_path / "wt.zip", {"wikitext-103/wiki.train.tokens": b"a b\n"})
     with pytest.raises(DataPrepError, match="lacks wikitext-103/wiki.valid.tokens"):
-        prepare.prepare_wikitext103(tmp_path / "root", tmp_path / "wt.zip", expect_sha256=sha,
+        corpus.prepare_wikitext103(tmp_path / "root", tmp_path / "wt.zip", expect_sha256=sha,
                                     log=lambda m: None)
     assert not (tmp_path / "root" / "wikitext-103").exists()
     assert _leftovers(tmp_path / "root") == []
@@ -215,32 +215,32 @@ def test_download_resumes_from_part_file(tmp_path, server):
     payload = os.urandom(300_000)
     _RangeHandler.payload, _RangeHandler.ranges = payload, []
     url = f"http://127.0.0.1:{server.server_address[1]}/x.zip"
-    spec = prepare.ArchiveSpec("x", "x.zip", (url,), _sha(payload), len(payload))
+    spec = corpus.ArchiveSpec("x", "x.zip", (url,), _sha(payload), len(payload))
     dl = tmp_path / "downloads"
     dl.mkdir()
     (dl / "x.zip.part").write_bytes(payload[:123_456])
-    path = prepare.fetch_archive(spec, dl, log=lambda m: None)
+    path = corpus.fetch_archive(spec, dl, log=lambda m: None)
     assert path == dl / "x.zip" and path.read_bytes() == payload
     assert _RangeHandler.ranges == ["bytes=123456-"]
     assert not (dl / "x.zip.part").exists()
     # present and verified: no second request
-    prepare.fetch_archive(spec, dl, log=lambda m: None)
+    corpus.fetch_archive(spec, dl, log=lambda m: None)
     assert len(_RangeHandler.ranges) == 1
 
 
 def test_download_checksum_mismatch_removes_file(tmp_path, server):
     _RangeHandler.payload, _RangeHandler.ranges = b"not the archive", []
     url = f"http://127.0.0.1:{server.server_address[1]}/x.zip"
-    spec = prepare.ArchiveSpec("x", "x.zip", (url,), "0" * 64, None)
+    spec = corpus.ArchiveSpec("x", "x.zip", (url,), "0" * 64, None)
     with pytest.raises(DataPrepError, match="--archive PATH"):
-        prepare.fetch_archive(spec, tmp_path, log=lambda m: None)
+        corpus.fetch_archive(spec, tmp_path, log=lambda m: None)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_failed_download_names_archive_option(tmp_path):
-    spec = prepare.ArchiveSpec("x", "x.zip", ("http://127.0.0.1:9/x.zip",), "0" * 64, 10)
+    spec = corpus.ArchiveSpec("x", "x.zip", ("http://127.0.0.1:9/x.zip",), "0" * 64, 10)
     with pytest.raises(DataPrepError) as e:
-        prepare.fetch_archive(spec, tmp_path, log=lambda m: None)
+        corpus.fetch_archive(spec, tmp_path, log=lambda m: None)
     assert "could not download x.zip" in str(e.value) and "--archive PATH" in str(e.value)
 
 
@@ -254,7 +254,7 @@ def test_shell_wrapper_end_to_end(tmp_path):
     ok = subprocess.run(cmd + ["--expect-sha256", sha, "--heldout-bytes", "100"],
                         capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    marker = json.loads((tmp_path / "root" / "enwik8" / prepare.MARKER).read_text())
+    marker = json.loads((tmp_path / "root" / "enwik8" / corpus.MARKER).read_text())
     assert marker["splits"]["test"]["bytes"] == 100
     again = subprocess.run(cmd + ["--expect-sha256", sha, "--heldout-bytes", "100"],
                            capture_output=True, text=True, timeout=120)
@@ -267,7 +267,7 @@ def test_unseen_heldout_symbols_are_counted(enwik8_prepared):
     for split in ("valid", "test"):
         assert info["splits"][split]["unseen_in_train"] == {"values": [], "occurrences": 0}
     parts = {"train": b"abc\nab", "valid": b"abz\nzz\xff", "test": b"c\n\n"}
-    assert prepare.unseen_symbols(parts) == {
+    assert corpus.unseen_symbols(parts) == {
         "valid": {"values": [ord("z"), 0xFF], "occurrences": 4},
         "test": {"values": [], "occurrences": 0},
     }
@@ -294,7 +294,7 @@ def test_wikitext103_bad_member_refused_before_binarizing(tmp_path, kind):
                                      "wikitext-103/wiki.test.tokens": ok})
     root = tmp_path / "root"
     with pytest.raises(DataPrepError, match=match) as e:
-        prepare.prepare_wikitext103(root, tmp_path / "wt.zip", expect_sha256=sha,
+        corpus.prepare_wikitext103(root, tmp_path / "wt.zip", expect_sha256=sha,
                                     log=lambda m: None)
     assert "\n" not in str(e.value)
     assert not (root / "text" / "wikitext-103").exists() and not (root / "wikitext-103").exists()

@@ -1,4 +1,4 @@
-"""Decode-time evaluation (``fairseq_mswa.experiments.decode_eval``, ``scripts/decode_eval.py``):
+"""Decode-time evaluation (``studies.decode_eval``, ``scripts/decode_eval.py``):
 the decoding path scores a continuation exactly as the parallel forward does, SWAA's full-attention
 decode changes nothing where every head is already full and something where windows cut, and the
 command line reports, records and refuses as documented."""
@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import CLI_ENV, USER_DIR, random_tokens, tiny_linear_model, tiny_xl_model, train_tiny
 
-from fairseq_mswa.experiments import decode_eval as de
+from studies import decode_eval as de
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT, CONT = 12, 8
@@ -112,7 +112,7 @@ def test_cli_scores_a_trained_checkpoint_records_it_and_refuses_bad_input(tiny_c
 
 def test_result_line_parses_back():
     """The result line and its parser (used by the adaptation study) agree; no line -> None."""
-    from fairseq_mswa.experiments.decode_eval import parse_result_line, result_line
+    from studies.decode_eval import parse_result_line, result_line
 
     line = result_line({"bits_per_token": 2.2907119, "tokens": 16384})
     assert parse_result_line("log\n" + line + "\n") == {"bits_per_token": 2.290712,

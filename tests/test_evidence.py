@@ -14,8 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from data_prep import shakespeare  # noqa: E402
-from data_prep.prepare import MARKER, DataPrepError  # noqa: E402
-from fairseq_mswa.experiments import evidence  # noqa: E402
+from data_prep.corpus import MARKER, DataPrepError  # noqa: E402
+from studies import evidence, stats  # noqa: E402
 
 
 def _play(title: str, n: int) -> bytes:
@@ -172,18 +172,18 @@ def test_rerun_skips_finished_runs_and_reports_partial(study, monkeypatch, capsy
 
 
 def test_paired_verdicts():
-    assert evidence.judge([0.10, 0.11, 0.09], 0.95)[0] == "holds"
-    assert evidence.judge([-0.10, -0.11, -0.09], 0.95)[0] == "reversed"
-    verdict, lo, hi, _ = evidence.judge([0.05, -0.04, 0.01], 0.95)
+    assert stats.judge([0.10, 0.11, 0.09], 0.95)[0] == "holds"
+    assert stats.judge([-0.10, -0.11, -0.09], 0.95)[0] == "reversed"
+    verdict, lo, hi, _ = stats.judge([0.05, -0.04, 0.01], 0.95)
     assert verdict == "within noise" and lo < 0 < hi
     # t(0.975, 2) = 4.303: mean 0.02, std 0.01 -> half width 4.303 * 0.01 / sqrt(3)
-    _, lo, hi, _ = evidence.judge([0.01, 0.02, 0.03], 0.95)
+    _, lo, hi, _ = stats.judge([0.01, 0.02, 0.03], 0.95)
     assert (hi - lo) / 2 == pytest.approx(4.3027 * 0.01 / 3 ** 0.5, rel=1e-4)
     # one seed: the pooled spread decides; without one it cannot be told from noise
-    assert evidence.judge([0.05], 0.95, pooled_sd=0.01, pooled_df=6)[0] == "holds"
-    assert evidence.judge([0.01], 0.95, pooled_sd=0.01, pooled_df=6)[0] == "within noise"
-    assert evidence.judge([0.05], 0.95)[:3] == ("within noise", None, None)
-    assert evidence.judge([], 0.95)[0] == "not run"
+    assert stats.judge([0.05], 0.95, pooled_sd=0.01, pooled_df=6)[0] == "holds"
+    assert stats.judge([0.01], 0.95, pooled_sd=0.01, pooled_df=6)[0] == "within noise"
+    assert stats.judge([0.05], 0.95)[:3] == ("within noise", None, None)
+    assert stats.judge([], 0.95)[0] == "not run"
 
 
 def test_tail_change_is_the_slope_over_the_last_tenth():

@@ -1,5 +1,5 @@
 """The needed-FLOPs model (fairseq_mswa/cost/flops.py) against hand counts of tiny configurations,
-and the paper-scale plan built on it (``python -m fairseq_mswa.cost --plan``)."""
+and the paper-scale plan built on it (``python scripts/plan.py``)."""
 
 import json
 import subprocess
@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from fairseq_mswa.cost import flops, plan
-from fairseq_mswa.run_utils import git_commit
+from fairseq_mswa.cost import flops
+from studies import plan
+from studies.run_utils import git_commit
 from fairseq_mswa.schedule import WindowSchedule
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,15 +78,15 @@ def test_plan_rows_follow_the_configs_and_add_up():
 
 def test_plan_cli_writes_json_and_markdown(tmp_path):
     out_json, out_md = tmp_path / "compute.json", tmp_path / "compute.md"
-    proc = subprocess.run([sys.executable, "-m", "fairseq_mswa.cost", "--plan", "--json", str(out_json),
+    proc = subprocess.run([sys.executable, "scripts/plan.py", "--json", str(out_json),
                            "--md", str(out_md)], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out_json.read_text())
     assert result["estimate"] and result["assumptions"]["mfu"] == 0.4
-    assert result["command"].startswith("python -m fairseq_mswa.cost --plan")
+    assert result["command"].startswith("python scripts/plan.py")
     assert result["git_commit"] == git_commit(REPO)  # `git rev-parse HEAD` (or "unknown" outside git)
     assert result["machine"]["device"] == "cpu" and result["date"]
     assert "(estimate)" in out_md.read_text()
-    bad = subprocess.run([sys.executable, "-m", "fairseq_mswa.cost", "--table", "2", "--md", "x"],
+    bad = subprocess.run([sys.executable, "scripts/plan.py", "--mfu", "x"],
                          capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert bad.returncode == 2 and "go with --plan" in bad.stderr
+    assert bad.returncode == 2 and "--mfu" in bad.stderr

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 import fairseq_mswa
 from fairseq.models import ARCH_MODEL_REGISTRY
-from fairseq_mswa.experiments.arch import resolve_arch_config
+from studies.arch import resolve_arch_config
 from fairseq_mswa.cost import hybrid_cost, table_rows
 from fairseq_mswa.models.linear_mswa import (
     LinearMSWAConfig,
@@ -20,7 +20,7 @@ from fairseq_mswa.models.linear_mswa import (
     linear_layer_indices,
     local_layer_indices,
 )
-from fairseq_mswa.run_utils import parse_eval_lm
+from studies.run_utils import parse_eval_lm
 from fairseq_mswa.schedule import ScheduleError
 
 REPO = Path(__file__).resolve().parents[1]

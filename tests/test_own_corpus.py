@@ -18,10 +18,10 @@ import torch
 from conftest import CLI_ENV, USER_DIR, run_cli
 from data_prep import prepare, text as own
 from data_prep.metrics import eval_metrics
-from data_prep.prepare import DataPrepError
+from data_prep.corpus import DataPrepError
 from fairseq_mswa.models.linear_mswa import LinearMSWALanguageModel
 from fairseq_mswa.models.transformer_xl_mswa import TransformerXLMSWALanguageModel
-from fairseq_mswa.run_utils import parse_eval_lm
+from studies.run_utils import parse_eval_lm
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "The lazy fox"

@@ -21,7 +21,7 @@ from conftest import (
     tiny_train_args,
 )
 
-from fairseq_mswa.run_utils import parse_train_inner
+from studies.run_utils import parse_train_inner
 
 N, K = 10, 4  # updates of the uninterrupted run; where the interrupted run stops
 SAVE = ["--save-interval-updates", 4]  # checkpoints mid-epoch (the epoch is ~40 updates)

@@ -1,4 +1,4 @@
-"""fairseq_mswa.run_utils: fairseq log parsing (real log lines), atomic writes, logged runs."""
+"""studies.run_utils: fairseq log parsing (real log lines), atomic writes, logged runs."""
 
 import io
 import json
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from fairseq_mswa.run_utils import (
+from studies.run_utils import (
     REPO_ROOT,
     CommandError,
     TrainProgress,

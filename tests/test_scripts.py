@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from fairseq_mswa.experiments import make_tables, reproduce
+from studies import make_tables, reproduce
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,7 +85,7 @@ def test_plan_paper_setup_and_memory():
 def test_dropout_per_dataset_in_every_table():
     """setup.yaml's choice, in code and config alike: dropout 0.2 on Wikitext-103, 0.1 on enwik8,
     for the XL rows (their presets) and Table 3's linear rows (setup.yaml's flag) alike."""
-    from fairseq_mswa.experiments.arch import resolve_arch_config
+    from studies.arch import resolve_arch_config
 
     setup = reproduce.load_setup()
     for t in reproduce.TABLES:
@@ -224,7 +224,7 @@ TRAIN_OUT = """2026-11-23 06:26:07 | INFO | train_inner | epoch 001:      2 / 65
 
 
 def test_parse_fairseq_output():
-    """reproduce.py reads fairseq's output with the shared parsers (fairseq_mswa.run_utils)."""
+    """reproduce.py reads fairseq's output with the shared parsers (studies.run_utils)."""
     ev = reproduce.parse_eval_lm(EVAL_OUT)
     assert ev == {"eval_symbols": 23309, "eval_seconds": 0.9, "eval_tokens_per_s": 25993.96,
                   "loss_base2": 6.9264, "perplexity": 121.64}

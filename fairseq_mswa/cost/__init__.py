@@ -1,9 +1,8 @@
 """Relative cost of the rows of the MSWA paper's Tables 2, 3, 5 and 6; in ``flops`` the needed
-FLOPs of a training step, in ``plan`` the tables' compute at paper scale (``--plan``).
+FLOPs of a training step (the tables' compute at paper scale is a study: ``studies/plan.py``).
 
     python -m fairseq_mswa.cost --table 2          # Markdown-ish table
     python -m fairseq_mswa.cost --table 5 --json   # JSON list of {row, relative_cost, ...}
-    python -m fairseq_mswa.cost --plan --json results/plan/compute.json --md results/plan/compute.md
 
 Cost of a model = sum over all softmax-attention heads of all layers of the keys a query attends
 to (``WindowSchedule.cost``; full attention counts the sequence length ``n``) plus, for hybrid
@@ -207,26 +206,12 @@ def format_table(rows: List[Row]) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m fairseq_mswa.cost",
-        description="Relative cost (sum of attention windows) of the MSWA paper's table rows; "
-                    "--plan: their training compute at paper scale (an estimate).",
+        description="Relative cost (sum of attention windows) of the MSWA paper's table rows "
+                    "(their training compute at paper scale: python scripts/plan.py).",
     )
-    what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--table", type=int, choices=(2, 3, 5, 6))
-    what.add_argument("--plan", action="store_true",
-                      help="training FLOPs and GPU-hours of every row of Tables 2, 3, 5, 6 at "
-                           "paper scale (fairseq_mswa/cost/plan.py); with --json PATH / --md PATH")
-    parser.add_argument("--json", nargs="?", const=True, default=None, metavar="PATH",
-                        help="--table: print a JSON list of rows; --plan: write the JSON here")
-    parser.add_argument("--md", default=None, metavar="PATH", help="--plan: write the Markdown here")
-    parser.add_argument("--mfu", type=float, default=None,
-                        help="--plan: model-FLOPs utilisation assumed (default 0.4)")
-    parser.add_argument("--configs", default=None, metavar="DIR",
-                        help="--plan: the configs/ folder to read (default: this checkout's)")
+    parser.add_argument("--table", type=int, choices=(2, 3, 5, 6), required=True)
+    parser.add_argument("--json", action="store_true", help="print a JSON list of rows")
     args = parser.parse_args(argv)
-    if args.plan:
-        return _plan_main(args, argv)
-    if args.md or args.mfu is not None or args.configs or isinstance(args.json, str):
-        parser.error("--md, --mfu, --configs and --json PATH go with --plan")
     rows = table_rows(args.table)
     readings = arithmetic_reading_rows() if args.table == 6 else []
     if args.json:
@@ -242,24 +227,4 @@ def main(argv=None) -> int:
             for r in readings:
                 print(f"{r.row:36s} {r.setting:24s} {r.cost:10.1f} "
                       f"{display(r.relative_cost, 6):>9s}")
-    return 0
-
-
-def _plan_main(args, argv) -> int:
-    import sys
-    from pathlib import Path
-
-    from . import plan as plan_mod
-
-    if args.json is True:
-        raise SystemExit("python -m fairseq_mswa.cost: --plan --json needs a PATH")
-    kwargs = {} if args.mfu is None else {"mfu": args.mfu}
-    if args.configs:
-        kwargs["configs"] = Path(args.configs)
-    try:
-        result = plan_mod.plan(**kwargs)
-    except plan_mod.PlanError as e:
-        raise SystemExit(f"python -m fairseq_mswa.cost --plan: {e}")
-    command = "python -m fairseq_mswa.cost " + " ".join(argv if argv is not None else sys.argv[1:])
-    print(plan_mod.write(result, args.json, args.md, command))
     return 0

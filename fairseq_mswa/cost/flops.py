@@ -16,7 +16,7 @@ What is counted, per token of a segment (sequence) of ``seg`` tokens:
 Norms, softmax exponentials, RoPE, activations and the optimizer are elementwise and left out.
 Their ratio between two variants is the tokens/s ratio that equal hardware efficiency would give
 (``scripts/bench_train.py`` reports it beside the measured one); times a token count it is the
-compute of a training run (``python -m fairseq_mswa.cost --plan``, :mod:`.plan`).
+compute of a training run (``python scripts/plan.py``, ``studies/plan.py``).
 """
 
 from __future__ import annotations

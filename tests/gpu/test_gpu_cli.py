@@ -19,7 +19,7 @@ from conftest import run_cli
 from gpu_mode import DEVICE, requires_device
 
 import fairseq_mswa
-from fairseq_mswa.run_utils import parse_eval_lm, parse_train_summary
+from studies.run_utils import parse_eval_lm, parse_train_summary
 
 pytestmark = requires_device
 

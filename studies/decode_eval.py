@@ -36,10 +36,10 @@ import time
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
-from fairseq_mswa.run_utils import (portable_path, provenance, script_command, utc_now,
+from studies.run_utils import (portable_path, provenance, script_command, utc_now,
                                     write_json_atomic)
 
-USER_DIR = Path(__file__).resolve().parents[1]  # the plugin folder (fairseq's --user-dir)
+USER_DIR = Path(__file__).resolve().parents[1] / "fairseq_mswa"  # the plugin folder (fairseq's --user-dir)
 
 
 class DecodeEvalError(ValueError):

@@ -46,8 +46,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from fairseq_mswa.experiments.reproduce import ReproError, metric_value, test_split_stats
-from fairseq_mswa.run_utils import (
+from studies.reproduce import ReproError, metric_value, test_split_stats
+from studies.run_utils import (
     REPO_ROOT as REPO,
     CommandError,
     commit_text,
@@ -375,7 +375,7 @@ def decode_eval_command(cfg: Dict, data: Path, ckpt: Path, ov: Dict) -> List[str
 
 def parse_decode_eval(text: str) -> Dict:
     """decode_eval's result line (``continuation bits per token: X over N tokens``)."""
-    from fairseq_mswa.experiments.decode_eval import parse_result_line
+    from studies.decode_eval import parse_result_line
 
     result = parse_result_line(text)
     if result is None:
@@ -441,7 +441,7 @@ def fmt(x, nd=3):
 
 def mean_std(values: List[float]) -> Dict:
     """{n, mean, std (None below 2 values), values}."""
-    from fairseq_mswa.experiments.evidence import mean_and_std
+    from studies.stats import mean_and_std
 
     mean, std = mean_and_std(values)
     return {"n": len(values), "mean": mean, "std": std, "values": list(values)}
@@ -452,7 +452,7 @@ def paired_swa_mswa(rows: List[Dict], confidence: float = 0.95) -> List[Dict]:
     value[MSWA] (same seed = same batches and dropout masks; d > 0: MSWA better, the MSWA
     paper's from-scratch claim), the Student-t interval of the mean d and its verdict. With no
     training there is one deterministic pair (no seed)."""
-    from fairseq_mswa.experiments.evidence import judge
+    from studies.stats import judge
 
     by = {r["name"]: r for r in rows}
     swa, mswa = by["SWA"], by["MSWA"]
@@ -731,7 +731,7 @@ def _fresh(path: Path) -> Path:
 def run(args, cfg: Dict, work: Path, steps: Steps) -> Dict:
     tb = work / "tb"
     if args.checkpoint is None:
-        from fairseq_mswa.experiments import demo
+        from studies import demo
 
         if args.data is not None:
             data = args.data.resolve()
@@ -756,7 +756,7 @@ def run(args, cfg: Dict, work: Path, steps: Steps) -> Dict:
                 prepare_shakespeare(args.data_dir)
             source = "the Shakespeare byte corpus (data_prep/shakespeare.py)"
         full_dir = _fresh(work / "checkpoints" / "full")
-        # the demo's training command (fairseq_mswa/experiments/demo.py), with full attention
+        # the demo's training command (studies/demo.py), with full attention
         tcfg = dict(cfg, updates=cfg["train_updates"], base_window=cfg["window"])
         cmd = demo.train_command(tcfg, data, "full", full_dir, tb / "full")
         cmd += ["--dropout", str(cfg["dropout"])]  # the demo's preset has none (short runs)

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from fairseq_mswa.kernels.window_attention import select_backend, window_attention
-from fairseq_mswa.run_utils import commit_text, load_average, provenance, script_command, write_text_atomic
+from studies.run_utils import commit_text, load_average, provenance, script_command, write_text_atomic
 from fairseq_mswa.schedule import build_schedule
 
 LAYERS, HEADS, HEAD_DIM, BASE = 12, 8, 64, 128

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from fairseq_mswa.run_utils import (
+from studies.run_utils import (
     REPO_ROOT as REPO,
     CommandError,
     parse_eval_lm,

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from fairseq_mswa.cost import as_dicts, table_rows
-from fairseq_mswa.run_utils import REPO_ROOT as REPO
-from fairseq_mswa.run_utils import commit_text, save_figure_atomic, write_text_atomic
+from studies.run_utils import REPO_ROOT as REPO
+from studies.run_utils import commit_text, save_figure_atomic, write_text_atomic
 
 TABLES = (2, 3, 5, 6)
 DATASETS = ("wikitext-103", "enwik8")

@@ -47,8 +47,8 @@ from typing import Dict, List, Optional
 
 import yaml
 
-from fairseq_mswa.experiments.arch import ArchError, resolve_arch_config
-from fairseq_mswa.run_utils import (
+from studies.arch import ArchError, resolve_arch_config
+from studies.run_utils import (
     REPO_ROOT as REPO,
     CommandError,
     git_commit,
@@ -573,7 +573,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if not opts.no_tables:
-        from fairseq_mswa.experiments.make_tables import render, render_scaled
+        from studies.make_tables import render, render_scaled
 
         if scaled:
             written = render_scaled(

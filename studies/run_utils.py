@@ -1,9 +1,7 @@
-"""Helpers for the programs that drive fairseq's CLIs (scripts/, tests/, data_prep/).
+"""Helpers for the programs that drive fairseq's CLIs (the studies behind scripts/, and tests).
 
-* atomic writes: :func:`write_text_atomic`, :func:`write_json_atomic` (a temporary file in the
-  same folder, then ``os.replace``: a reader never sees a half-written file);
-* fairseq log parsing: :func:`parse_eval_lm` (``Evaluated N tokens`` with fairseq's thousands
-  separator, ``Loss (base 2)``), :func:`parse_train_summary` (the last ``| train |`` line),
+* atomic writes and fairseq-eval-lm's result lines: :mod:`data_prep.records` (re-exported here);
+* fairseq log parsing: :func:`parse_train_summary` (the last ``| train |`` line),
   :func:`parse_train_inner` (every ``train_inner`` line, simple or json log format);
 * :func:`run_logged`: run a CLI with its whole output teed to a log file, echoed line by line or
   handed to a callback (:class:`TrainProgress` turns fairseq-train's lines into one tqdm bar);
@@ -12,8 +10,7 @@
   :func:`machine_info`), :func:`portable_command` for the fairseq commands a result holds.
 
 Pure standard library (tqdm is imported only by :class:`TrainProgress`), and not imported by the
-plugin itself: importing it loads neither torch nor fairseq. It lives in the package (not in
-scripts/) so that scripts, tests and data_prep import it by name, without ``sys.path`` tricks.
+plugin itself: importing it loads neither torch nor fairseq.
 """
 
 from __future__ import annotations
@@ -26,74 +23,22 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-PathLike = Union[str, Path]
+from data_prep.records import (  # noqa: F401  (one home; re-exported for the drivers)
+    CommandError, PathLike, parse_eval_lm, parse_number, write_json_atomic, write_text_atomic,
+)
 
 # the checkout this package is imported from (scripts/, configs/, results/ beside it)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-class CommandError(RuntimeError):
-    """A CLI failed or printed something unexpected; the message names the log to read."""
-
-
-# --- atomic writes -----------------------------------------------------------------------------
-
-def write_text_atomic(path: PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_json_atomic(path: PathLike, obj) -> None:
-    """``obj`` as indented JSON (sorted keys, final newline), written atomically."""
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
 # --- fairseq log parsing -----------------------------------------------------------------------
 
-_NUMBER = r"[\d,]*\.?\d+"  # fairseq prints counts with a thousands separator: 1,234,567
-_EVAL_TOKENS = re.compile(
-    rf"Evaluated ({_NUMBER}) tokens in ({_NUMBER})s \(({_NUMBER}) tokens/s\)"
-)
-_EVAL_LOSS = re.compile(rf"Loss \(base 2\): ({_NUMBER}), Perplexity: ({_NUMBER}|inf)")
 _TRAIN_SUMMARY = re.compile(r"\| train \| .*")
 _TRAIN_INNER_JSON = re.compile(r"\| train_inner \| (\{.*\})")
 _TRAIN_INNER_SIMPLE = re.compile(r"\| train_inner \| .*")
 _VALID = re.compile(r"\| valid \| .*")
-
-
-def _num(text: str) -> float:
-    return float(text.replace(",", ""))
-
-
-def parse_eval_lm(text: str) -> Dict:
-    """The result lines of fairseq-eval-lm:
-
-    ``Evaluated 1,234 tokens in 0.9s (1371.11 tokens/s)`` and
-    ``Loss (base 2): 6.9264, Perplexity: 121.64`` ->
-    ``{eval_symbols, eval_seconds, eval_tokens_per_s, loss_base2, perplexity}``.
-    Raises CommandError when either line is missing."""
-    m_tok, m_loss = _EVAL_TOKENS.search(text), _EVAL_LOSS.search(text)
-    if not m_tok or not m_loss:
-        raise CommandError(
-            "fairseq-eval-lm printed no 'Evaluated N tokens' / 'Loss (base 2)' line"
-        )
-    return {
-        "eval_symbols": int(_num(m_tok.group(1))),
-        "eval_seconds": _num(m_tok.group(2)),
-        "eval_tokens_per_s": _num(m_tok.group(3)),
-        "loss_base2": _num(m_loss.group(1)),
-        "perplexity": float("inf") if m_loss.group(2) == "inf" else _num(m_loss.group(2)),
-    }
 
 
 def _fields(line: str) -> Dict[str, str]:
@@ -127,7 +72,7 @@ def parse_train_inner(line_or_text: str) -> List[Dict]:
         for key, name, cast in (("num_updates", "update", int), ("loss", "loss", float),
                                 ("wps", "wps", float)):
             try:
-                rec[name] = cast(_num(str(fields[key])))
+                rec[name] = cast(parse_number(str(fields[key])))
             except (KeyError, ValueError):
                 pass
         if "update" in rec:
@@ -142,7 +87,7 @@ def parse_valid(text: str) -> List[Dict]:
     for line in _VALID.findall(text):
         fields = _fields(line.split("| valid |", 1)[1])
         try:
-            out.append({"update": int(_num(fields["num_updates"])), "loss": _num(fields["loss"])})
+            out.append({"update": int(parse_number(fields["num_updates"])), "loss": parse_number(fields["loss"])})
         except (KeyError, ValueError):
             continue
     return out
@@ -159,7 +104,7 @@ def parse_train_summary(text: str) -> Dict:
                           ("train_wall", "train_wall_s"), ("loss", "train_loss_base2")):
             if key in fields:
                 try:
-                    out[name] = _num(fields[key])
+                    out[name] = parse_number(fields[key])
                 except ValueError:
                     pass
     if "updates" in out:

@@ -1,6 +1,6 @@
 """Compute of the paper's Tables 2, 3, 5 and 6 at paper scale, on paper: an estimate.
 
-    python -m fairseq_mswa.cost --plan --json results/plan/compute.json --md results/plan/compute.md
+    python scripts/plan.py --json results/plan/compute.json --md results/plan/compute.md
 
 Per row (and dataset) of a table: training FLOPs = needed FLOPs of one update (:mod:`.flops`,
 at the row's model, segment and tokens per update) x the updates; GPU-hours = FLOPs / (peak x
@@ -15,20 +15,22 @@ Evaluation and validation passes are not counted.
 
 from __future__ import annotations
 
+import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from ..schedule import build_schedule
-from . import display, table_rows
-from .flops import (
+from fairseq_mswa.schedule import build_schedule
+from fairseq_mswa.cost import display, table_rows
+from fairseq_mswa.cost.flops import (
     adaptive_io_macs,
     linear_mswa_forward_macs,
     train_flops,
     xl_forward_macs,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 TABLES = (2, 3, 5, 6)
 A100_BF16_TFLOPS = 312.0  # dense bf16 tensor-core peak of one A100
@@ -225,7 +227,7 @@ def write(result: Dict, json_path: Optional[str], md_path: Optional[str], comman
     """Stamp ``result`` with the command, commit, date and machine; write JSON / Markdown."""
     import json
 
-    from ..run_utils import git_commit, machine_info, write_text_atomic
+    from .run_utils import git_commit, machine_info, write_text_atomic
 
     result.update(command=command, git_commit=git_commit(REPO),
                   date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -236,3 +238,27 @@ def write(result: Dict, json_path: Optional[str], md_path: Optional[str], comman
     if md_path:
         write_text_atomic(md_path, md)
     return md
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python scripts/plan.py",
+        description="Training FLOPs and GPU-hours of every row of the MSWA paper's Tables 2, 3, 5 "
+                    "and 6 at paper scale (an estimate).")
+    parser.add_argument("--json", default=None, metavar="PATH", help="write the JSON here")
+    parser.add_argument("--md", default=None, metavar="PATH", help="write the Markdown here")
+    parser.add_argument("--mfu", type=float, default=None,
+                        help="model-FLOPs utilisation assumed (default 0.4)")
+    parser.add_argument("--configs", default=None, metavar="DIR",
+                        help="the configs/ folder to read (default: this checkout's)")
+    args = parser.parse_args(argv)
+    kwargs = {} if args.mfu is None else {"mfu": args.mfu}
+    if args.configs:
+        kwargs["configs"] = Path(args.configs)
+    try:
+        result = plan(**kwargs)
+    except PlanError as e:
+        raise SystemExit(f"python scripts/plan.py: {e}")
+    command = "python scripts/plan.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    print(write(result, args.json, args.md, command))
+    return 0

@@ -39,9 +39,9 @@ import torch
 from tqdm import tqdm
 
 from fairseq_mswa.allocator import ALLOCATOR_HELP, apply_for_run
-from fairseq_mswa.experiments.arch import DictionaryTask, build_arch_model
-from fairseq_mswa.experiments.bench_train import paired_ratio
-from fairseq_mswa.run_utils import commit_text, provenance, script_command, write_text_atomic
+from studies.arch import DictionaryTask, build_arch_model
+from studies.stats import paired_ratio
+from studies.run_utils import commit_text, provenance, script_command, write_text_atomic
 
 PATTERNS = ("full", "swa", "mswa")
 SHAPES = {
@@ -173,7 +173,7 @@ def _ratio(a, b):
 
 def paired(rows, num, den, batch, context, sweep=None):
     """Tokens/s ratio of pattern ``num`` over ``den`` at one point: the median of the per-rep
-    ratios of their interleaved timings, with its spread (``bench_train.paired_ratio``); None
+    ratios of their interleaved timings, with its spread (``stats.paired_ratio``); None
     when either was not measured."""
     pick = [r for r in rows if sweep is None or r["sweep"] == sweep]
     a, b = (_get(pick, p, batch, context, "rep_s") for p in (num, den))

@@ -37,11 +37,12 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from fairseq_mswa.run_utils import (
+from studies.stats import judge, mean_and_std
+from studies.run_utils import (
     machine_info, save_figure_atomic, write_json_atomic, write_text_atomic,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 STUDY = REPO / "configs" / "tables" / "evidence.yaml"
 
 
@@ -50,7 +51,7 @@ class EvidenceError(RuntimeError):
 
 
 def _reproduce():
-    """The tables' runner (plan_runs, execute, load_setup): fairseq_mswa.experiments.reproduce."""
+    """The tables' runner (plan_runs, execute, load_setup): studies.reproduce."""
     from . import reproduce
 
     return reproduce
@@ -222,24 +223,6 @@ def run_queue(items: List[Item], setup: Dict, force: bool = False, log=print) ->
     return len(todo)
 
 
-# --- statistics -------------------------------------------------------------------------------
-
-def _t_quantile(confidence: float, df: int) -> float:
-    from scipy.stats import t
-
-    return float(t.ppf(0.5 + confidence / 2, df))
-
-
-def mean_and_std(values: Sequence[float]) -> Tuple[Optional[float], Optional[float]]:
-    """(mean, sample standard deviation); None where there are too few values."""
-    if not values:
-        return None, None
-    m = sum(values) / len(values)
-    if len(values) < 2:
-        return m, None
-    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
-
-
 def valid_curve_bpc(res: Dict, valid_split: Dict) -> List[List[float]]:
     """[[update, validation bits per byte], ...] of one run (fairseq's validation loss is bits
     per symbol; the split's symbols / bytes convert it), one point per update."""
@@ -286,29 +269,6 @@ def _paper_claims(table: int, paper: Dict, study: Dict) -> List[Dict]:
     for better, worse in (study.get("text_claims") or {}).get(table, []):
         out.append({"a": better, "b": worse, "paper": "paper's text (no values in our copy)"})
     return out
-
-
-def judge(diffs: Sequence[float], confidence: float, pooled_sd: Optional[float] = None,
-          pooled_df: int = 0, pooled_pairs: int = 0):
-    """(verdict, interval low, interval high, basis) of the paired differences ``diffs``
-    (d > 0 agrees with the paper): the Student-t interval of their mean, from their own spread
-    with 2 values or more, else (one value) from ``pooled_sd`` with ``pooled_df`` degrees of
-    freedom; without any spread a difference cannot be told from noise."""
-    n = len(diffs)
-    if n == 0:
-        return "not run", None, None, None
-    mean, std = mean_and_std(diffs)
-    if n >= 2:
-        half = _t_quantile(confidence, n - 1) * std / math.sqrt(n)
-        basis = f"own spread ({n} seeds)"
-    elif pooled_sd is not None and pooled_df > 0:
-        half = _t_quantile(confidence, pooled_df) * pooled_sd
-        basis = f"1 seed; spread pooled over {pooled_pairs} multi-seed pairs"
-    else:
-        return "within noise", None, None, "1 seed; no spread measured yet"
-    lo, hi = mean - half, mean + half
-    verdict = "holds" if lo > 0 else "reversed" if hi < 0 else "within noise"
-    return verdict, lo, hi, basis
 
 
 def summarize(items: List[Item], study: Dict, paper: Dict, data_dir: Path) -> Dict:

@@ -47,9 +47,10 @@ from tqdm import tqdm
 
 from fairseq_mswa.cost.flops import XL_PATTERN, step_flops
 from fairseq_mswa.allocator import ALLOCATOR_HELP, apply_for_run
-from fairseq_mswa.experiments.arch import DictionaryTask, build_arch_model
+from studies.arch import DictionaryTask, build_arch_model
 from fairseq_mswa.modules.xl_attention import RelMultiheadWindowAttention
-from fairseq_mswa.run_utils import commit_text, load_average, provenance, script_command, write_text_atomic
+from studies.stats import paired_ratio
+from studies.run_utils import commit_text, load_average, provenance, script_command, write_text_atomic
 from fairseq_mswa.schedule import build_schedule
 from fairseq_mswa.stream import StreamState
 
@@ -58,7 +59,7 @@ from fairseq_mswa.stream import StreamState
 ADAM_IMPL = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}
 VARIANTS = ("transformer_lm", "xl_full", "xl_swa", "xl_mswa")
 # The shapes the project itself trains at (name -> model shape, segment lengths, batch, variants):
-#   demo       scripts/run_demo.sh (fairseq_mswa.experiments.demo.FULL)
+#   demo       scripts/run_demo.sh (studies.demo.FULL)
 #   cpu_table  the CPU-scale tables (configs/tables/setup.yaml, scales.cpu: 4 x 4, d 64, segment 128,
 #              8 sequences per update)
 #   paper      the MSWA paper's base model (12 x 512, 8 heads, FFN 2048), batch 1 per step
@@ -316,15 +317,6 @@ def attention_layer_flops(pattern: str, shape: dict, seg: int) -> float:
     as ``step_flops`` counts them: their MSWA / SWA ratio is what the layer time can reach."""
     ffn_free = dict(shape, ffn=0)
     return (step_flops("xl_" + pattern, ffn_free, seg, 0)) / 3
-
-
-def paired_ratio(num: list, den: list) -> dict:
-    """Per-rep tokens/s ratios of two variants timed side by side (step time of ``den`` over step
-    time of ``num``, rep by rep): the median and the spread (quartiles, extremes) over the reps."""
-    r = sorted(d / n for n, d in zip(num, den))
-    q = statistics.quantiles(r, n=4, method="inclusive") if len(r) > 1 else [r[0]] * 3
-    return {"median": statistics.median(r), "q1": q[0], "q3": q[2], "min": r[0], "max": r[-1],
-            "reps": len(r)}
 
 
 def run_shape(args, name: str, shape: dict) -> dict:
