@@ -1,6 +1,6 @@
 """fairseq_mswa: Multi-Scale Window Attention language models as a fairseq plugin.
 
-Use the package folder as fairseq's ``--user-dir``; importing it registers the models
+Use the package folder as fairseq's ``--user-dir``; loading it there registers the models
 (``transformer_xl_mswa``, ``linear_mswa``), the tasks (``mswa_lm``, ``recall``) and the
 criterion ``recall_cross_entropy``.
 
@@ -17,11 +17,18 @@ Where things live:
 
 __version__ = "0.1.0"
 
-try:
-    import fairseq  # noqa: F401
-except ImportError:  # pure-Python parts (schedule, cost) stay usable without fairseq
-    fairseq = None
+import sys
 
-if fairseq is not None:
-    from . import compat  # noqa: F401,E402  (fairseq 0.12 under NumPy 2)
-    from . import criterions, models, tasks  # noqa: F401,E402
+
+def register() -> None:
+    """Register the plugin with fairseq: its compat patches (fairseq 0.12 under NumPy 2), then
+    its criterions, models and tasks (each module registers itself as it is imported).
+    Idempotent. fairseq's ``--user-dir`` imports this package after fairseq itself, so the
+    package registers on import whenever fairseq is already loaded; code that imports the
+    plugin first and fairseq later (a script building a model in-process) calls this."""
+    from . import compat, criterions, models, tasks  # noqa: F401
+
+
+if "fairseq" in sys.modules:  # loaded as fairseq's --user-dir (or after fairseq): register now
+    register()
+# else: the pure parts (schedule, cost, taylor) import neither torch nor fairseq

@@ -25,8 +25,10 @@ class ArchError(ValueError):
 def resolve_arch_config(arch: str, overrides: Optional[Dict] = None) -> Namespace:
     """The configuration of ``--arch arch`` with ``overrides`` (fairseq flag names, with ``-`` or
     ``_``, without ``--``): flags, then the preset, then the dataclass defaults."""
-    import fairseq_mswa  # noqa: F401  (registers the plugin's models)
+    import fairseq_mswa
     from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY
+
+    fairseq_mswa.register()
 
     if arch not in ARCH_MODEL_REGISTRY:
         raise ArchError(f"unknown --arch {arch!r}: fairseq_mswa registers "

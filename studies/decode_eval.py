@@ -102,6 +102,8 @@ def load_model(checkpoint: Path, data: Path, overrides: Dict, user_dir: Path = U
     except FileNotFoundError:
         raise DecodeEvalError(f"--user-dir {user_dir} does not exist: give the fairseq_mswa "
                               "package folder (or leave it out)") from None
+    if "fairseq_mswa" in sys.modules:  # imported before fairseq: fairseq skipped its import
+        sys.modules["fairseq_mswa"].register()
     try:
         models, _, task = checkpoint_utils.load_model_ensemble_and_task(
             [str(checkpoint)], arg_overrides={**overrides, "data": str(data)})

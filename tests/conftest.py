@@ -25,6 +25,10 @@ import torch  # noqa: E402
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
+import fairseq_mswa  # noqa: E402
+
+fairseq_mswa.register()  # the tests build models and tasks in-process
+
 from studies.arch import DictionaryTask as FakeTask  # noqa: F401,E402  (re-exported)
 from studies.arch import build_arch_model, make_dictionary  # noqa: F401,E402
 

@@ -120,6 +120,9 @@ class HubMixin:
         """fairseq's hub interface (``.sample("prompt", sampling=True, sampling_topk=10)``), with
         the corpus's tokenizer from ``prepared.json``; ``kwargs`` override the checkpoint's
         settings (``decode_full_attention=True``, ``bpe=...``)."""
+        from .. import register
+
+        register()  # the plugin's tasks too (a script may import this module before fairseq)
         data_dir = _local_data_dir(model_name_or_path, data_name_or_path)
         info = prepared_info(data_dir)
         kwargs = tokenizer_overrides(info, data_dir, kwargs)
