@@ -65,3 +65,24 @@ def test_plugin_registers_where_fairseq_loads_it():
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
 
+
+
+def _markdown_files():
+    return [REPO / "README.md", REPO / "results" / "README.md"]
+
+
+@pytest.mark.parametrize("path", _markdown_files(), ids=lambda p: str(p.relative_to(REPO)))
+def test_readme_headings_unique_and_links_resolve(path):
+    import re
+
+    text = path.read_text(encoding="utf-8")
+    body = re.sub(r"```.*?```", "", text, flags=re.S)  # headings and links outside code blocks
+    headings = [h.strip() for h in re.findall(r"^#+ (.+)$", body, flags=re.M)]
+    assert len(headings) == len(set(headings)), sorted(h for h in headings if headings.count(h) > 1)
+    missing = [link for link in re.findall(r"\]\(([^)#\s]+)[^)]*\)", body)
+               if not link.startswith(("http://", "https://")) and not (path.parent / link).exists()]
+    assert not missing
+
+
+def test_readme_is_for_users_and_short():
+    assert len((REPO / "README.md").read_text(encoding="utf-8").splitlines()) <= 250
