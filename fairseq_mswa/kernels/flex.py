@@ -274,7 +274,8 @@ def flex_window_attention_unchecked(q, k, v, windows: Windows, sink_tokens=0, po
         return res
     out, aux = res
     lse = getattr(aux, "lse", aux)  # (B, H, Lq), natural log
-    keep = torch.sigmoid(lse.float() - sink_logits.float().view(1, -1, 1))
+    ct = torch.promote_types(lse.dtype, torch.float32)  # at least float32 (float64 stays)
+    keep = torch.sigmoid(lse.to(ct) - sink_logits.to(ct).view(1, -1, 1))
     return out * keep.to(out.dtype).unsqueeze(-1)
 
 
