@@ -9,11 +9,21 @@
 #   1. install   the wheels of scripts/gpu_wheels.txt from .whl/ into a private --target folder
 #                (only where `import fairseq` fails; a machine that has fairseq uses its own);
 #   2. tests     tests/gpu: every attention backend (dense, blocked, flex, flash where importable,
-#                auto) against dense in float32 and bfloat16, outputs and gradients, and
-#                fairseq-train + fairseq-eval-lm --bf16 of transformer_xl_mswa and linear_mswa;
+#                auto) against dense in float32 and bfloat16 (flex with grad: bfloat16), outputs
+#                and gradients, a compiled flex forward (also in the rehearsal: CPU inductor),
+#                and fairseq-train + fairseq-eval-lm --bf16 of transformer_xl_mswa and
+#                linear_mswa;
 #   3. attention scripts/bench_attention.py --device cuda --dtype bfloat16
 #   4. train     scripts/bench_train.py --device cuda (paper shape, float32)
 #   5. decode    scripts/bench_decode.py --device cuda (Fig. 3's shape, float16)
+# What it compiles (the budget is mostly compile time; one flex graph = one static signature,
+# kernels/flex.py, ~20-40 s of Triton fwd+bwd compiling each on a GPU, estimated, not measured):
+#   tests      4 flex graphs (3 cases with grad in bfloat16, 1 compiled forward); the CLI runs
+#              use the models' auto backend: transformer_xl_mswa_tiny has head dim 16 at this
+#              width (64 / 4), so flex: one merged call per layer, 4 layer shapes x (no memory,
+#              memory, short segment): at most 8 graphs in training (with grad) and 12 in eval;
+#   attention, train, decode  the benches' own (bench_*.py; flex graphs bounded by
+#              kernels.flex.RECOMPILE_LIMIT, a call past it raises instead of running unfused).
 # Output: results/bench/{attention,train,decode}_gpu.{json,md} (each names the GPU),
 # results/bench/gpu_check_gpu.json (every step's exit status and seconds, which attention backend
 # serves which inputs on this GPU and why the others do not, the commit, the machine) and
@@ -57,8 +67,8 @@ die() { echo "gpu_check.sh: $*" >&2; exit 2; }
 manifest() {
     sed -e 's/#.*//' "$MANIFEST" | awk 'NF' | while read -r spec kind rest; do
         [[ "$spec" =~ ^[A-Za-z0-9._-]+==[A-Za-z0-9.+!_-]+$ ]] || die "$MANIFEST: '$spec' is not NAME==VERSION"
-        [[ -z "${kind}${rest}" || ( "$kind" == sdist && -z "$rest" ) ]] \
-            || die "$MANIFEST: '$spec $kind $rest': only the word 'sdist' may follow NAME==VERSION"
+        [[ -z "${kind}${rest}" || ( ( "$kind" == sdist || "$kind" == gpu ) && -z "$rest" ) ]] \
+            || die "$MANIFEST: '$spec $kind $rest': only the word 'sdist' or 'gpu' may follow NAME==VERSION"
         echo "$spec ${kind:-wheel}"
     done
 }
@@ -168,8 +178,8 @@ install_step() {
     local rc=0 spec kind f files=()
     if ! manifest >/dev/null; then
         rc=2
-    elif [[ $MODE == gpu ]] && "$PY" -c "import fairseq" >/dev/null 2>&1; then
-        echo "fairseq is importable here: nothing to install" >>"$LOG"
+    elif [[ $MODE == gpu ]] && "$PY" -c "import fairseq, fla" >/dev/null 2>&1; then
+        echo "fairseq and fla are importable here: nothing to install" >>"$LOG"
     elif [[ $MODE == rehearse && ! -d $WHEELS ]]; then
         echo "no $WHEELS/ here (bash scripts/gpu_check.sh --fetch-wheels makes it): install skipped" >>"$LOG"
     else

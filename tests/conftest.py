@@ -261,3 +261,59 @@ def checkpoint_params(path):
     import torch
 
     return torch.load(path, map_location="cpu")["model"]
+
+
+# --- FlexAttention on CPU: counting Dynamo's graphs, and the eager path's backward -------------
+
+@pytest.fixture
+def flex_eager_dynamo(monkeypatch):
+    """Compiled flex through Dynamo with ``backend="eager"`` (the same guards and recompile
+    rules as on CUDA, nothing compiled): a fresh Dynamo before and after; yields a function
+    returning the number of graphs Dynamo holds for torch's ``flex_attention`` (its cache
+    entries: torch's eager flex compiles a wrapper of its own, which is not counted)."""
+    from torch._dynamo import eval_frame
+
+    from fairseq_mswa.kernels import flex
+
+    if flex.IMPORT_ERROR:
+        pytest.skip(flex.IMPORT_ERROR)
+    entries = getattr(eval_frame, "_debug_get_cache_entry_list", None)
+    if entries is None:
+        pytest.skip(f"torch {torch.__version__} has no torch._dynamo.eval_frame."
+                    "_debug_get_cache_entry_list to count graphs with")
+    torch._dynamo.reset()
+    monkeypatch.setattr(flex, "COMPILE_BACKEND", "eager")
+    monkeypatch.setattr(flex, "_COMPILED", {})
+    yield lambda: len(entries(flex.flex_attention))
+    torch._dynamo.reset()
+
+
+# the sentence torch's FlexAttention raises for a CPU backward (torch 2.5 .. 2.13)
+FLEX_CPU_BACKWARD_REFUSAL = "FlexAttention does not support backward on CPU"
+
+
+@pytest.fixture
+def flex_cpu_backward(monkeypatch):
+    """Lift torch's device check that refuses FlexAttention's backward on CPU (inside the test
+    only), so the unfused eager path's autograd runs: that checks this project's mask_mod /
+    score_mod logic and the captured ``pos_scores`` gradient, not a Triton kernel. Guarded: if
+    torch no longer has the check as this fixture knows it (``_validate_device`` raising
+    FLEX_CPU_BACKWARD_REFUSAL), the test skips with the reason instead of running untested."""
+    import inspect
+
+    from torch.nn.attention import flex_attention as fa
+
+    check = getattr(fa, "_validate_device", None)
+    try:
+        source = inspect.getsource(check) if check is not None else ""
+    except (OSError, TypeError):
+        source = ""
+    if FLEX_CPU_BACKWARD_REFUSAL not in source:
+        pytest.skip(f"torch {torch.__version__}: torch.nn.attention.flex_attention._validate_device "
+                    f"no longer raises {FLEX_CPU_BACKWARD_REFUSAL!r} as this test knows it; "
+                    "re-check how to run flex's CPU backward (it may be supported now)")
+    monkeypatch.setattr(fa, "_validate_device", lambda query, key, value: None)
+    # the fixture's own check that the lift worked: a tiny backward through the eager path
+    x = torch.randn(1, 1, 16, 16, requires_grad=True)
+    fa.flex_attention(x, x, x).sum().backward()
+    assert x.grad is not None

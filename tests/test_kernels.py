@@ -17,6 +17,7 @@ from fairseq_mswa.kernels.dense import dense_window_attention
 from fairseq_mswa.kernels.window_attention import (
     available_backends,
     select_backend,
+    unsupported_reason,
     window_attention,
 )
 
@@ -100,8 +101,8 @@ def test_dispatcher_backends_equal_dense(lq, mem, windows, sinks, r):
 @pytest.mark.parametrize("lq,mem,windows,sinks,r", CASES)
 def test_flex_eager_inference_equals_dense(lq, mem, windows, sinks, r):
     """FlexAttention's mask_mod / score_mod logic, unfused eager path (CPU inference)."""
-    if flex_mod._IMPORT_ERROR:
-        pytest.skip(flex_mod._IMPORT_ERROR)
+    if flex_mod.IMPORT_ERROR:
+        pytest.skip(flex_mod.IMPORT_ERROR)
     q, k, v, ps, _ = _inputs(lq, mem, windows, r, grad=False)
     ref = dense_window_attention(q, k, v, windows, sinks, ps)
     with torch.no_grad():
@@ -111,8 +112,8 @@ def test_flex_eager_inference_equals_dense(lq, mem, windows, sinks, r):
 
 def test_flex_compiled_inference_equals_dense():
     """The fused (torch.compile) FlexAttention kernel on CPU, one mixed case."""
-    if flex_mod._IMPORT_ERROR:
-        pytest.skip(flex_mod._IMPORT_ERROR)
+    if flex_mod.IMPORT_ERROR:
+        pytest.skip(flex_mod.IMPORT_ERROR)
     windows, sinks = [3, 16, None, 40], 2
     q, k, v, ps, _ = _inputs(96, 17, windows, 24, grad=False)
     ref = dense_window_attention(q, k, v, windows, sinks, ps)
@@ -129,8 +130,8 @@ def test_flex_compiled_inference_equals_dense():
 
 
 def test_flex_block_mask_cache_is_bounded_lru():
-    if flex_mod._IMPORT_ERROR:
-        pytest.skip(flex_mod._IMPORT_ERROR)
+    if flex_mod.IMPORT_ERROR:
+        pytest.skip(flex_mod.IMPORT_ERROR)
     cache = flex_mod.BlockMaskCache(maxsize=2)
     built = []
     for key in ["a", "b", "a", "c", "b"]:
@@ -165,14 +166,12 @@ def test_flash_without_gpu_is_a_clear_error():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none here)")
 @pytest.mark.parametrize("backend", ["flash", "flex", "blocked"])
 def test_gpu_backends_equal_dense(backend):
-    from fairseq_mswa.kernels import flash as flash_mod
-
     windows = [1, 16, None, 100]
     q, k, v, _, _ = _inputs(257, 31, windows, None, grad=False)
     q, k, v = (t.cuda().to(torch.bfloat16 if backend == "flash" else torch.float32) for t in (q, k, v))
-    reason = {"flash": flash_mod, "flex": flex_mod}.get(backend)
-    if reason is not None and reason.unsupported_reason(q, k, v, windows, 0, None, 0.0):
-        pytest.skip(reason.unsupported_reason(q, k, v, windows, 0, None, 0.0))
+    reason = unsupported_reason(backend, q, k, v, windows)
+    if reason is not None:
+        pytest.skip(reason)
     ts = [t.requires_grad_() for t in (q, k, v)]
     ref = dense_window_attention(*(t.float() for t in ts), windows)
     out = window_attention(q, k, v, windows, backend=backend)
@@ -266,7 +265,7 @@ def test_inputs_are_checked_once_per_call(monkeypatch):
     for mod in (dense_mod, blocked_mod, flex_mod):
         monkeypatch.setattr(mod, "check_inputs", recheck)
     q, k, v, _, _ = _inputs(40, 3, [4, None], None, grad=False)
-    backends = ["dense", "blocked"] + ([] if flex_mod._IMPORT_ERROR else ["flex"])
+    backends = ["dense", "blocked"] + ([] if flex_mod.IMPORT_ERROR else ["flex"])
     for backend in backends:
         with torch.no_grad():
             window_attention(q, k, v, [4, None], backend=backend)

@@ -4,8 +4,8 @@ Semantics are those of :func:`fairseq_mswa.kernels.dense.dense_window_attention`
 what flash-attn computes: causal attention aligned to the bottom right (query ``i`` at key
 position ``Lk - Lq + i``, flash-attn >= 2.1) and ``window_size=(w - 1, 0)`` (the ``w`` keys
 ending at the query); full heads use ``(-1, -1)``. Heads that share a window go in one call.
-No sink tokens, no learned sinks, no ``pos_scores``: ``unsupported_reason`` says so and the dispatcher picks
-another backend. flash-attn is imported lazily (it is optional).
+No sink tokens, no learned sinks, no ``pos_scores``: :mod:`.capabilities` says so and the
+dispatcher picks another backend. flash-attn is imported lazily (it is optional).
 """
 
 from typing import Optional
@@ -16,32 +16,21 @@ from .common import Windows, check_inputs, group_heads
 
 
 def _import_flash():
-    """flash_attn_func or None."""
+    """flash_attn_func, or the ImportError (or other error) of importing it."""
     try:
         from flash_attn import flash_attn_func
-    except Exception:  # not installed, or built for another torch/CUDA
-        return None
+    except Exception as e:  # not installed, or built for another torch/CUDA
+        return e
     return flash_attn_func
 
 
-def unsupported_reason(q, k, v, windows, sink_tokens, pos_scores, dropout_p,
-                       sink_logits=None) -> Optional[str]:
-    """None when this backend can serve the inputs, else why not."""
-    if sink_logits is not None:
-        return "flash-attn 2 has no learned sinks (sink_logits)"
-    if q.device.type != "cuda":
-        return f"flash-attn needs CUDA tensors, got device {q.device.type}"
-    if q.dtype not in (torch.float16, torch.bfloat16):
-        return f"flash-attn needs float16/bfloat16, got {q.dtype}"
-    if pos_scores is not None:
-        return "flash-attn cannot add pos_scores (a distance-dependent score term)"
-    if sink_tokens:
-        return "flash-attn has no sink tokens"
-    if q.shape[-1] > 256:
-        return f"flash-attn supports head_dim <= 256, got {q.shape[-1]}"
-    if _import_flash() is None:
-        return "flash-attn is not installed (pip install flash-attn)"
-    return None
+def import_error() -> Optional[str]:
+    """None when flash-attn imports, else why not (a sentence)."""
+    f = _import_flash()
+    if not isinstance(f, Exception):
+        return None
+    return (f"flash-attn 2 is not importable ({type(f).__name__}: {f}); the package index has "
+            f"it as an sdist only (a CUDA build of about an hour: pip install flash-attn)")
 
 
 def flash_window_attention(
@@ -57,10 +46,12 @@ def flash_window_attention(
 ) -> torch.Tensor:
     """flash-attn window attention. q (B, H, Lq, D), k/v (B, H, Lk, D). Returns (B, H, Lq, D).
     Raises ValueError when it cannot serve the inputs."""
+    from .capabilities import needs_of, refusal
+
     check_inputs(q, k, v, windows, sink_tokens, pos_scores, dropout_p, sink_logits)
-    reason = unsupported_reason(q, k, v, windows, sink_tokens, pos_scores, dropout_p, sink_logits)
+    reason = refusal("flash", needs_of(q, k, v, sink_tokens, pos_scores, dropout_p, sink_logits))
     if reason:
-        raise ValueError(f"flash backend: {reason}; use backend='blocked' or 'flex'")
+        raise ValueError(f"flash backend: {reason}")
     return flash_window_attention_unchecked(q, k, v, windows, sink_tokens, pos_scores, dropout_p,
                                             scale)
 
@@ -68,7 +59,7 @@ def flash_window_attention(
 def flash_window_attention_unchecked(q, k, v, windows: Windows, sink_tokens=0, pos_scores=None,
                                      dropout_p=0.0, scale=None, sink_logits=None) -> torch.Tensor:
     """``flash_window_attention`` without the checks (``window_attention`` ran them, and
-    ``unsupported_reason``)."""
+    :mod:`.capabilities`)."""
     flash_attn_func = _import_flash()
     groups = group_heads(windows, k.shape[2])
     outs = []

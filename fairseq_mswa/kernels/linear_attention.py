@@ -26,7 +26,8 @@ Three implementations that agree (tests/test_linear_attention.py):
 * ``linear_attention_recurrent``: one token at a time from a state ``(S, z)``; the decoding path.
 
 ``fla_parallel_based`` runs flash-linear-attention's Triton ``parallel_based`` kernel (fla-core) when
-it is importable and the tensors are on CUDA; it never runs on CPU.
+it is importable and the tensors are on CUDA (on the CPU only under Triton's interpreter,
+``TRITON_INTERPRET=1``: scripts/install_triton_interpreter.sh, tests/test_fla_interpreter.py).
 
 Shapes: ``q``, ``k``: (B, H, L, d); ``v``: (B, H, L, D); state ``S``: (B, H, F, D), ``z``: (B, H, F).
 Half-precision inputs are computed in float32 (the states are sums over the whole sequence) and the
@@ -259,8 +260,9 @@ def linear_attention_recurrent(
 
 
 def fla_parallel_based_available(x: torch.Tensor) -> bool:
-    """True when fla-core's Triton Based kernel can run on ``x`` (importable and on CUDA)."""
-    if not x.is_cuda:
+    """True when fla-core's Triton Based kernel can run on ``x``: importable, and on CUDA (or
+    on the CPU under Triton's interpreter, ``TRITON_INTERPRET=1``)."""
+    if not (x.is_cuda or _interpreted()):
         return False
     try:
         from fla.ops.based import parallel_based  # noqa: F401
@@ -269,33 +271,47 @@ def fla_parallel_based_available(x: torch.Tensor) -> bool:
     return True
 
 
+def _interpreted() -> bool:
+    import os
+
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def fla_layout(parallel_based) -> str:
+    """How fla-core's ``parallel_based`` takes q, k, v: ``"head_first"`` where it has a
+    ``head_first`` parameter (fla-core <= 0.5: pass (B, H, T, K) with head_first=True, no
+    transpose), else ``"time_first"`` (fla-core 0.6: (B, T, H, K) only)."""
+    import inspect
+
+    params = inspect.signature(parallel_based).parameters
+    return "head_first" if "head_first" in params else "time_first"
+
+
 def fla_parallel_based(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional[float] = None
 ) -> torch.Tensor:
-    """flash-linear-attention's ``parallel_based`` (same kernel, eps 1e-6). CUDA only.
+    """flash-linear-attention's ``parallel_based`` (same kernel, eps 1e-6).
 
-    q, k (B, H, L, d) with d <= 128, v (B, H, L, D) -> (B, H, L, D). Not run by the CPU test suite:
-    tests/test_linear_attention.py compares it with ``linear_attention_chunked`` where CUDA and
-    fla-core are present.
+    q, k (B, H, L, d) with d <= 128, v (B, H, L, D) -> (B, H, L, D). Runs on CUDA, or on the CPU
+    under Triton's interpreter (``TRITON_INTERPRET=1``: tests/test_fla_interpreter.py checks it
+    against ``linear_attention_chunked``, forward and gradients, for fla-core 0.5.2 and 0.6.0).
+    Layouts (:func:`fla_layout`): fla-core with ``head_first`` gets (B, H, L, .) and
+    head_first=True; fla-core 0.6 (no ``head_first``) gets (B, L, H, .).
     """
     _check_qkv(q, k, v)
-    if not q.is_cuda:
+    if not (q.is_cuda or _interpreted()):
         raise RuntimeError(
-            "fla's Based kernel runs on CUDA only: use linear_attention_chunked on CPU "
-            "(--linear-impl torch)"
+            "fla's Based kernel runs on CUDA only (or under TRITON_INTERPRET=1): use "
+            "linear_attention_chunked on CPU (--linear-impl torch)"
         )
-    import inspect
-
     from fla.ops.based import parallel_based
 
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    if "head_first" in inspect.signature(parallel_based).parameters:
-        # fla >= 0.2: (B, L, H, .) is the default layout (head_first=True is deprecated)
-        o = parallel_based(
-            *(x.transpose(1, 2).contiguous() for x in (q, k, v)),
-            scale=scale, use_norm=True, head_first=False,
-        )
+    if fla_layout(parallel_based) == "head_first":
+        o = parallel_based(q.contiguous(), k.contiguous(), v.contiguous(), scale=scale,
+                           use_norm=True, head_first=True)
+    else:  # (B, T, H, K)
+        o = parallel_based(*(x.transpose(1, 2).contiguous() for x in (q, k, v)),
+                           scale=scale, use_norm=True)
         o = o.transpose(1, 2)
-    else:  # older fla: head-first (B, H, L, .) only
-        o = parallel_based(q.contiguous(), k.contiguous(), v.contiguous(), scale=scale, use_norm=True)
     return o.to(v.dtype)

@@ -29,7 +29,11 @@ fastest's summed time, refit 0.76 ms per pass at 94 GFLOP/s (nearly the same pro
 ``CALL_SECONDS * FLOPS_PER_SECOND`` (the arithmetic one pass's fixed cost is worth) decides.
 ``scripts/bench_train.py`` measures the same layers in every run (its ``layouts`` section) and
 reports how auto's layouts compare with the fastest and the constants that run's own data would
-give (``layouts_refit``). On other hardware pass ``strategy='grouped'``, ``'merged'`` or a
+give (``layouts_refit``). The constants describe the CPU's dense / blocked layouts and decide
+only those (``capabilities.plans_passes``: a layer on CPU with backend ``auto`` or ``blocked``):
+on CUDA, and with flex anywhere, ``auto`` is one kernel call per layer (``merged``: with flex one
+compiled graph per layer shape) until a GPU measurement says otherwise. To force a layout, pass
+``strategy='grouped'``, ``'merged'`` or a
 partition such as ``(2, 1, 1)`` to a layer to force one.
 """
 
@@ -38,7 +42,7 @@ from functools import lru_cache
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .blocked import default_block_size, merged_block_size
-from .window_attention import DENSE_MAX_SCORES
+from .capabilities import cpu_auto_backend
 
 CALL_SECONDS = 9.0e-4
 FLOPS_PER_SECOND = 8.0e10
@@ -46,11 +50,11 @@ FLOPS_PER_SECOND = 8.0e10
 
 def _keys_touched(windows: Sequence[Optional[int]], length: int, keys: int) -> int:
     """Keys per query the CPU kernel layout of one pass over heads with ``windows`` computes
-    scores for (``auto``'s backend choice): one window, its own blocked layout; several,
+    scores for (``auto``'s CPU backend choice, ``capabilities.cpu_auto_backend``): one window, its own blocked layout; several,
     ``blocked``'s merged-heads layout (blocks of ``merged_block_size`` queries over the span of
     the largest window)."""
     reach = None if None in windows else max(windows)
-    if reach is None or reach >= keys or length * keys <= DENSE_MAX_SCORES:
+    if reach is None or reach >= keys or cpu_auto_backend(length, keys) == "dense":
         return keys  # dense, or one block spanning every key
     bq = default_block_size(reach) if len(set(windows)) == 1 else merged_block_size(windows)
     if bq >= length:

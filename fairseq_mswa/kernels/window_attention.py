@@ -10,29 +10,27 @@ Backends:
 * ``dense``   masked reference, O(Lq * Lk) memory: tests and tiny sizes;
 * ``blocked`` pure PyTorch, O(n * w), autograd, any device (:mod:`.blocked`);
 * ``flex``    FlexAttention, one kernel for all heads; no CPU backward, no dropout, learned
-  sinks in inference only (:mod:`.flex`);
+  sinks in inference only, head dim >= 16 on CUDA (:mod:`.flex`);
 * ``flash``   flash-attn ``window_size``; CUDA fp16/bf16, no sinks of either kind, no pos_scores
   (:mod:`.flash`);
 * ``auto``    CUDA: flash if it can serve the inputs, else flex, else blocked;
   CPU: dense for tiny problems (Lq * Lk <= ``DENSE_MAX_SCORES``), else blocked.
 
-An explicit backend that cannot serve the inputs raises ValueError naming one that can.
+An explicit backend that cannot serve the inputs raises ValueError naming one that can; what each
+backend serves is :mod:`.capabilities` (the model build asks the same rules).
 """
 
 from typing import Callable, Dict, Optional
 
 import torch
 
+from . import capabilities as _caps
 from . import flash as _flash
 from . import flex as _flex
 from .blocked import blocked_window_attention_unchecked
+from .capabilities import DENSE_MAX_SCORES  # noqa: F401  (re-exported)
 from .common import BACKENDS, Windows, check_inputs
 from .dense import dense_window_attention_unchecked
-
-# On CPU, `auto` uses the dense reference up to this many (query, key) scores per head: there
-# one masked matmul beats the blocked layout (fwd+bwd, 8 heads, windows 2..16: dense is faster
-# up to L=128 and 2x slower at L=256; scripts/bench_attention.py --tiny measures it).
-DENSE_MAX_SCORES = 128 * 128
 
 # the dispatcher checks the inputs once, then calls the backends' unchecked forms
 _FUNCTIONS: Dict[str, Callable] = {
@@ -47,41 +45,26 @@ def unsupported_reason(
     backend: str, q, k, v, windows: Windows, sink_tokens=0, pos_scores=None, dropout_p=0.0,
     sink_logits=None,
 ) -> Optional[str]:
-    """None when ``backend`` can serve these inputs, else a sentence saying why not."""
-    if backend in ("dense", "blocked"):
-        return None
-    if backend == "flex":
-        return _flex.unsupported_reason(q, k, v, windows, sink_tokens, pos_scores, dropout_p,
-                                        sink_logits)
-    if backend == "flash":
-        return _flash.unsupported_reason(q, k, v, windows, sink_tokens, pos_scores, dropout_p,
-                                         sink_logits)
-    raise ValueError(f"unknown attention backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    """None when ``backend`` can serve these inputs, else a sentence saying why not and which
+    backend serves (:func:`fairseq_mswa.kernels.capabilities.refusal`)."""
+    if backend not in _FUNCTIONS:
+        raise ValueError(f"unknown attention backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    return _caps.refusal(backend, _caps.needs_of(q, k, v, sink_tokens, pos_scores, dropout_p,
+                                                 sink_logits))
 
 
 def select_backend(q, k, v, windows: Windows, sink_tokens=0, pos_scores=None, dropout_p=0.0,
                    sink_logits=None) -> str:
     """The backend ``auto`` uses for these inputs."""
-    if q.device.type == "cuda":
-        for name in ("flash", "flex"):
-            if unsupported_reason(name, q, k, v, windows, sink_tokens, pos_scores, dropout_p,
-                                  sink_logits) is None:
-                return name
-        return "blocked"
-    if q.shape[2] * k.shape[2] <= DENSE_MAX_SCORES:
-        return "dense"
-    return "blocked"
+    needs = _caps.needs_of(q, k, v, sink_tokens, pos_scores, dropout_p, sink_logits)
+    return _caps.select_backend(needs, q.shape[2], k.shape[2])
 
 
 def available_backends(q, k, v, windows: Windows, sink_tokens=0, pos_scores=None, dropout_p=0.0,
                        sink_logits=None):
     """Backends (besides ``auto``) that can serve these inputs."""
-    return [
-        name
-        for name in _FUNCTIONS
-        if unsupported_reason(name, q, k, v, windows, sink_tokens, pos_scores, dropout_p,
-                              sink_logits) is None
-    ]
+    needs = _caps.needs_of(q, k, v, sink_tokens, pos_scores, dropout_p, sink_logits)
+    return [name for name in _FUNCTIONS if _caps.unsupported_reason(name, needs) is None]
 
 
 def window_attention(
@@ -97,6 +80,7 @@ def window_attention(
     sink_logits: Optional[torch.Tensor] = None,
     backend: str = "auto",
     merge_heads: bool = False,
+    block_size=None,
 ) -> torch.Tensor:
     """Causal multi-scale window attention.
 
@@ -115,6 +99,8 @@ def window_attention(
             largest window's layout (per-head masks) instead of one call per window group: the
             XL layer's ``merged`` layout. Other backends take all heads in one call (dense,
             flex) or one per group (flash) whatever it says; results are the same either way.
+        block_size: flex's block mask tiles (q_block, kv_block), powers of two >= 16; None =
+            torch's 128 x 128. The other backends ignore it.
     Returns:
         (B, H, Lq, D)
     """
@@ -128,14 +114,13 @@ def window_attention(
         reason = unsupported_reason(backend, q, k, v, windows, sink_tokens, pos_scores, dropout_p,
                                     sink_logits)
         if reason is not None:
-            fallback = select_backend(q, k, v, windows, sink_tokens, pos_scores, dropout_p,
-                                      sink_logits)
-            raise ValueError(
-                f"attention backend {backend!r} cannot serve these inputs: {reason}. "
-                f"Use backend={fallback!r} (or 'auto')."
-            )
+            raise ValueError(f"attention backend {backend!r} cannot serve these inputs: {reason}")
     if backend == "blocked" and merge_heads:
         return blocked_window_attention_unchecked(q, k, v, windows, sink_tokens, pos_scores,
                                                   dropout_p, scale, sink_logits, merge_heads=True)
+    if backend == "flex":
+        return _flex.flex_window_attention_unchecked(q, k, v, windows, sink_tokens, pos_scores,
+                                                     dropout_p, scale, sink_logits,
+                                                     block_size=block_size)
     return _FUNCTIONS[backend](q, k, v, windows, sink_tokens, pos_scores, dropout_p, scale,
                                sink_logits)

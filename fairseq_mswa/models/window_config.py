@@ -111,37 +111,29 @@ def schedule_from_config(cfg, num_layers: int, num_heads: int) -> WindowSchedule
 def check_backend(cfg, model: str, position_term: bool, training: bool = False) -> None:
     """Refuse at build an ``--attn-backend`` that cannot serve this model on this machine (the
     kernels would fail at the first batch, after fairseq-train has started writing); the
-    message names a backend that can. Input-dependent limits (dtype, head size) stay with the
-    kernels' own check."""
+    message names a backend that can. The rules are the kernels' own
+    (:mod:`fairseq_mswa.kernels.capabilities`), asked with what the flags say every call of the
+    model needs: the device (CUDA when one is visible), the head dimension, distance scores
+    (``position_term``), sink tokens, learned sinks, and in training a backward and attention
+    dropout. The dtype is not known here: the kernels check it at the call."""
     import torch
 
-    from ..kernels import flash, flex
+    from ..kernels.capabilities import Needs, refusal
 
-    backend, sinks = str(cfg.attn_backend), int(cfg.sink_tokens)
-    learned = bool(getattr(cfg, "learned_sinks", False))
-    reason = None
-    if backend == "flash":
-        if position_term:
-            reason = (f"{model} adds a relative position term to the scores, which flash-attn "
-                      "cannot: use --attn-backend flex (GPU) or blocked, or auto")
-        elif sinks:
-            reason = ("flash-attn has no sink tokens: use --attn-backend flex (GPU) or blocked, or "
-                      "auto, or --sink-tokens 0")
-        elif learned:
-            reason = ("flash-attn 2 has no learned sinks: use --attn-backend blocked (training) or "
-                      "flex (GPU inference), or auto")
-        elif not torch.cuda.is_available():
-            reason = "flash-attn needs a CUDA GPU and none is visible: use --attn-backend auto"
-        elif flash._import_flash() is None:
-            reason = "flash-attn is not installed: pip install flash-attn, or use --attn-backend auto"
-    elif backend == "flex":
-        if flex._IMPORT_ERROR:
-            reason = f"{flex._IMPORT_ERROR}: use --attn-backend auto"
-        elif training and not torch.cuda.is_available():
-            reason = ("FlexAttention has no backward on CPU (it serves CPU inference only): train "
-                      "with --attn-backend auto (or blocked)")
-        elif training and learned:
-            reason = ("learned sinks are trained on blocked, not flex (flex folds them in through "
-                      "its log-sum-exp at inference): train with --attn-backend auto or blocked")
+    backend = str(cfg.attn_backend)
+    if backend not in ("flex", "flash"):
+        return
+    embed = getattr(cfg, "decoder_embed_dim", None)
+    heads = getattr(cfg, "decoder_attention_heads", None)
+    head_dim = int(embed) // int(heads) if embed and heads else None
+    needs = Needs(
+        device="cuda" if torch.cuda.is_available() else "cpu", head_dim=head_dim, grad=training,
+        dropout=training and float(getattr(cfg, "attention_dropout", 0.0) or 0.0) > 0,
+        pos_scores=position_term, sink_tokens=int(cfg.sink_tokens) > 0,
+        learned_sinks=bool(getattr(cfg, "learned_sinks", False)),
+    )
+    reason = refusal(backend, needs, flag=True)
     if reason is not None:
-        raise ScheduleError(f"--attn-backend {backend}: {reason}")
+        what = (f"{model} adds a relative position term to the scores; "
+                if position_term and backend == "flash" else "")
+        raise ScheduleError(f"--attn-backend {backend}: {what}{reason}")

@@ -52,8 +52,10 @@ from .sinks import learned_sink_logits
 #            per group.
 #   merged   one pass for all heads: the fixed cost of one group, the arithmetic of the largest
 #            window for every head.
-#   auto     the partition with the smallest modelled time (kernels/plan.py: best_partition),
-#            for example (2, 1, 1): the two smallest window groups together, the others alone.
+#   auto     on CPU with backend auto / blocked: the partition with the smallest modelled time
+#            (kernels/plan.py: best_partition, CPU-fitted), for example (2, 1, 1): the two
+#            smallest window groups together, the others alone; elsewhere (CUDA, or flex) merged:
+#            one kernel call per layer (kernels/capabilities.py: plans_passes).
 #   a tuple  an explicit partition: window groups per pass, in group order, e.g. (2, 2).
 STRATEGIES = ("auto", "grouped", "merged")
 
@@ -70,7 +72,7 @@ class RelMultiheadWindowAttention(nn.Module):
 
     def __init__(self, embed_dim: int, num_heads: int, windows: Sequence[Window],
                  attention_dropout: float = 0.0, backend: str = "auto", strategy: str = "auto",
-                 learned_sinks: bool = False):
+                 learned_sinks: bool = False, block_size=None):
         super().__init__()
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} is not divisible by {num_heads} heads")
@@ -90,6 +92,10 @@ class RelMultiheadWindowAttention(nn.Module):
         self.attention_dropout = attention_dropout
         self.backend = backend
         self.strategy = strategy
+        # flex's block mask tiles: None (torch's 128 x 128), one (q_block, kv_block) for every
+        # pass, or a list with one per pass of the strategy's partition (set_block_size)
+        self.block_size = None
+        self.set_block_size(block_size)
         self.qkv_proj = nn.Linear(embed_dim, 3 * embed_dim, bias=False)
         self.r_proj = nn.Linear(embed_dim, embed_dim, bias=False)
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=False)
@@ -101,6 +107,29 @@ class RelMultiheadWindowAttention(nn.Module):
         self.groups = self.heads.groups
         self._kv_row_cache = {}  # (device, partition) -> rows of qkv_proj.weight (_kv_rows)
         self._pass_cache = {}  # partition -> windows per pass (_pass_windows)
+
+    def set_block_size(self, block_size) -> None:
+        """flex's tiles per pass: None (torch's 128 x 128), a (q_block, kv_block) pair for every
+        pass, or a list of pairs (or None), one per pass of the layer's partition (checked at the
+        call against the number of passes). Other backends ignore it."""
+        from ..kernels.flex import check_block_size
+
+        if isinstance(block_size, list):
+            for b in block_size:
+                if b is not None:
+                    check_block_size(b)
+        elif block_size is not None:
+            check_block_size(block_size)
+        self.block_size = block_size
+
+    def _pass_block_sizes(self, n_passes: int):
+        """One flex block size (or None) per pass."""
+        if not isinstance(self.block_size, list):
+            return [self.block_size] * n_passes
+        if len(self.block_size) != n_passes:
+            raise ValueError(f"block_size gives {len(self.block_size)} tile sizes for a layout of "
+                             f"{n_passes} passes: give one per pass, or one pair for all")
+        return self.block_size
 
     def memory_needed(self, window: Window, memory_len: int) -> int:
         """How many of the last memory states a head group with ``window`` reads."""
@@ -131,7 +160,7 @@ class RelMultiheadWindowAttention(nn.Module):
         # position one pre-scaled) added once for every head
         q = F.linear(x, weight[:e]).view(b, length, self.num_heads, d)
         q_u, q_v = q + self.u_bias, (q + self.v_bias) * scale  # (B, L, H, D)
-        sizes = self._partition(b, length, m_len)
+        sizes = self._partition(b, length, m_len, x.device.type)
         passes = self._pass_windows(sizes)  # per pass its heads' windows, group order
         counts = [len(ws) for ws in passes]
         if len(passes) == 1 and self.heads.in_order:  # one pass in head order: plain views
@@ -153,8 +182,9 @@ class RelMultiheadWindowAttention(nn.Module):
                  for r, m, n in zip(reaches, needs, prefixes)]
         r_all = F.linear(self.positions(max(dists), q_u.dtype), w_r)  # (R_max, E), pass order
         outs, row, col = [], 0, 0
-        for windows, (qu, qv), m, n_prefix, num_dist, sp in zip(passes, q_parts, needs, prefixes,
-                                                                 dists, sink_parts):
+        for windows, (qu, qv), m, n_prefix, num_dist, sp, bs in zip(
+                passes, q_parts, needs, prefixes, dists, sink_parts,
+                self._pass_block_sizes(len(passes))):
             g = len(windows)
             w_kv_p = w_kv[row:row + 2 * g * d]
             kv = F.linear(states[:, m_max - m:], w_kv_p)  # (B, m + L, 2 G D)
@@ -162,7 +192,7 @@ class RelMultiheadWindowAttention(nn.Module):
                 kv = torch.cat([F.linear(sinks[:, :n_prefix], w_kv_p), kv], dim=1)
             k, v = kv.view(b, -1, 2, g, d).permute(2, 0, 3, 1, 4)  # (B, G, Lk, D) each
             r = r_all[:num_dist, col:col + g * d].view(num_dist, g, d)
-            outs.append(self._attend(windows, qu, qv, k, v, r, sinks_in_keys, sp))
+            outs.append(self._attend(windows, qu, qv, k, v, r, sinks_in_keys, sp, bs))
             row, col = row + 2 * g * d, col + g * d
         out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]  # (B, H, L, D), group order
         out = out.transpose(1, 2).reshape(b, length, e)
@@ -194,8 +224,8 @@ class RelMultiheadWindowAttention(nn.Module):
             ws = self._pass_cache[sizes] = pass_windows(self.windows, sizes)
         return ws
 
-    def _partition(self, batch: int, length: int, memory_len: int):
-        """Window groups per pass for this call (see ``STRATEGIES``)."""
+    def _partition(self, batch: int, length: int, memory_len: int, device: str = "cpu"):
+        """Window groups per pass for this call on ``device`` (see ``STRATEGIES``)."""
         n = len(self.groups)
         if n == 1 or self.strategy == "grouped":
             return (1,) * n
@@ -203,18 +233,23 @@ class RelMultiheadWindowAttention(nn.Module):
             return (n,)
         if isinstance(self.strategy, tuple):
             return self.strategy
+        from ..kernels.capabilities import plans_passes
         from ..kernels.plan import best_partition
+
+        if not plans_passes(self.backend, device):
+            return (n,)
 
         return best_partition(self.windows, batch, length, memory_len, self.head_dim)
 
     def _attend(self, windows: List[Window], q_u, q_v, k, v, r, sinks_in_keys: int,
-                sink_logits: Optional[torch.Tensor] = None) -> torch.Tensor:
+                sink_logits: Optional[torch.Tensor] = None, block_size=None) -> torch.Tensor:
         """Attention of one pass (a window group, or every head merged) with its ``windows``:
         q_u, q_v (B, L, G, D) of the segment; k, v (B, G, Lk, D) = the sink states before the
         memory slice it reads, the last memory states it needs and the segment; r (R, G, D) the
         projected encodings of distances 0 .. R - 1 (R = the largest window, or every key for a
         full head), clamped per head to its own farthest distance ``w - 1`` (what a sink outside
-        the window gets); sink_logits (G,) the pass's learned sinks or None. Returns (B, G, L, D)."""
+        the window gets); sink_logits (G,) the pass's learned sinks or None; block_size flex's tiles
+        (None: 128 x 128). Returns (B, G, L, D)."""
         num_dist, g, d = r.shape
         if sinks_in_keys and any(w is not None and w < num_dist for w in windows):
             # merged heads: distances beyond a head's window (only its sinks) read its w - 1
@@ -225,6 +260,7 @@ class RelMultiheadWindowAttention(nn.Module):
             q_u.transpose(1, 2), k, v, windows, sink_tokens=sinks_in_keys, pos_scores=pos_scores,
             dropout_p=self.attention_dropout if self.training else 0.0, scale=d ** -0.5,
             sink_logits=sink_logits, backend=self.backend, merge_heads=len(set(windows)) > 1,
+            block_size=block_size,
         )
 
     # --- incremental decoding ----------------------------------------------------------------------
