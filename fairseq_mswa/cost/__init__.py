@@ -1,9 +1,11 @@
 """Relative cost of the rows of the MSWA paper's Tables 2, 3, 5 and 6; in ``flops`` the needed
-FLOPs of a training step, in ``plan`` the tables' compute at paper scale (``--plan``).
+FLOPs of a training step, in ``plan`` the tables' compute at paper scale (``--plan``), in
+``tiles`` the work of tiled GPU kernels and the tile shapes to run (``--tiles``).
 
     python -m fairseq_mswa.cost --table 2          # Markdown-ish table
     python -m fairseq_mswa.cost --table 5 --json   # JSON list of {row, relative_cost, ...}
     python -m fairseq_mswa.cost --plan --json results/plan/compute.json --md results/plan/compute.md
+    python -m fairseq_mswa.cost --tiles --json results/tiles/tiles.json --md results/tiles/tiles.md
 
 Cost of a model = sum over all softmax-attention heads of all layers of the keys a query attends
 to (``WindowSchedule.cost``; full attention counts the sequence length ``n``) plus, for hybrid
@@ -215,18 +217,32 @@ def main(argv=None) -> int:
     what.add_argument("--plan", action="store_true",
                       help="training FLOPs and GPU-hours of every row of Tables 2, 3, 5, 6 at "
                            "paper scale (fairseq_mswa/cost/plan.py); with --json PATH / --md PATH")
+    what.add_argument("--tiles", action="store_true",
+                      help="MSWA / SWA attention work on tiled GPU kernels per tile shape, the "
+                           "chosen tiles, the CPU blocked kernel's and decoding's accounting "
+                           "(fairseq_mswa/cost/tiles.py); with --json PATH / --md PATH")
     parser.add_argument("--json", nargs="?", const=True, default=None, metavar="PATH",
                         help="--table: print a JSON list of rows; --plan: write the JSON here")
-    parser.add_argument("--md", default=None, metavar="PATH", help="--plan: write the Markdown here")
+    parser.add_argument("--md", default=None, metavar="PATH",
+                        help="--plan / --tiles: write the Markdown here")
     parser.add_argument("--mfu", type=float, default=None,
                         help="--plan: model-FLOPs utilisation assumed (default 0.4)")
     parser.add_argument("--configs", default=None, metavar="DIR",
                         help="--plan: the configs/ folder to read (default: this checkout's)")
+    parser.add_argument("--train-bench", default=None, metavar="PATH",
+                        help="--tiles: bench_train's record whose attention-core time is set "
+                             "beside the CPU kernel's count (default: results/bench/"
+                             "train_cpu.json of this checkout, when present)")
     args = parser.parse_args(argv)
     if args.plan:
         return _plan_main(args, argv)
+    if args.tiles:
+        return _tiles_main(args, argv)
     if args.md or args.mfu is not None or args.configs or isinstance(args.json, str):
-        parser.error("--md, --mfu, --configs and --json PATH go with --plan")
+        parser.error("--md, --mfu, --configs and --json PATH go with --plan (--md, --json PATH "
+                     "also with --tiles)")
+    if args.train_bench:
+        parser.error("--train-bench goes with --tiles")
     rows = table_rows(args.table)
     readings = arithmetic_reading_rows() if args.table == 6 else []
     if args.json:
@@ -262,4 +278,44 @@ def _plan_main(args, argv) -> int:
         raise SystemExit(f"python -m fairseq_mswa.cost --plan: {e}")
     command = "python -m fairseq_mswa.cost " + " ".join(argv if argv is not None else sys.argv[1:])
     print(plan_mod.write(result, args.json, args.md, command))
+    return 0
+
+
+def _tiles_main(args, argv) -> int:
+    """``--tiles``: print the Markdown report; with --json PATH / --md PATH also write them, each
+    recording its command, commit, date and machine (``run_utils.provenance``)."""
+    import sys
+    from pathlib import Path
+
+    from . import tiles as tiles_mod
+
+    if args.mfu is not None or args.configs:
+        raise SystemExit("python -m fairseq_mswa.cost --tiles: --mfu and --configs go with --plan")
+    bench_path = Path(args.train_bench) if args.train_bench else (
+        Path(__file__).resolve().parents[2] / "results" / "bench" / "train_cpu.json")
+    if args.train_bench and not bench_path.is_file():
+        raise SystemExit(f"python -m fairseq_mswa.cost --tiles: --train-bench {bench_path} does "
+                         "not exist (give bench_train's --json output)")
+    bench = json.loads(bench_path.read_text()) if bench_path.is_file() else None
+    report = tiles_mod.tiles_report(train_bench=bench)
+    text = tiles_mod.tiles_markdown(report)
+    if isinstance(args.json, str) or args.md:
+        from ..run_utils import portable_command, provenance, write_text_atomic
+
+        args_given = list(argv if argv is not None else sys.argv[1:])
+        command = " ".join(["python", "-m", "fairseq_mswa.cost"] + portable_command(args_given))
+        prov = provenance(command)
+        report = {**prov, **report}
+        text = (text + f"\nCommand: `{command}`; commit {prov['git_commit']}"
+                + (" + uncommitted changes" if prov.get("git_dirty") else "")
+                + f"; {prov['date']}; {prov['machine'].get('cpu_model')}, python "
+                f"{prov['machine'].get('python')}, torch {prov['machine'].get('torch')}.\n")
+        if isinstance(args.json, str):
+            write_text_atomic(args.json, json.dumps(report, indent=1) + "\n")
+        if args.md:
+            write_text_atomic(args.md, text)
+    elif args.json:
+        print(json.dumps(report, indent=1))
+        return 0
+    print(text)
     return 0
