@@ -282,3 +282,42 @@ def test_cli_tiles(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "fairseq_mswa.cost", "--table", "2",
                           "--train-bench", "x"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and "--train-bench goes with --tiles" in bad.stderr
+
+
+def test_flex_backward_blocks_divide_every_tile():
+    from fairseq_mswa.experiments.bench_attention import flex_bwd_blocks, flex_kernel_options
+
+    for t in GPU_TILES:
+        m1, n1, m2, n2 = flex_bwd_blocks(t)
+        assert t[0] % m1 == 0 and t[1] % n1 == 0 and t[0] % m2 == 0 and t[1] % n2 == 0
+        assert n1 % m1 == 0 and m2 % n2 == 0 and min(m1, n1, m2, n2) >= 16
+        assert flex_kernel_options(t)["fwd_BLOCK_M"] == t[0]
+
+
+def test_bwd_config_patch_adds_and_restores():
+    from torch._inductor.choices import InductorChoices
+
+    from fairseq_mswa.experiments.bench_attention import _BwdConfigsForTiles
+
+    orig = InductorChoices.get_flex_attention_bwd_configs
+    with _BwdConfigsForTiles([(32, 16)]) as p:
+        assert p.patched and InductorChoices.get_flex_attention_bwd_configs is not orig
+    assert InductorChoices.get_flex_attention_bwd_configs is orig
+
+
+def test_tile_sweep_rehearsal_on_cpu():
+    """The sweep's CPU rehearsal: every configuration timed, its tile work recorded (as
+    cost.tiles counts it), the summary filled; a spent budget lists the rest as skipped."""
+    from fairseq_mswa.experiments.bench_attention import tile_sweep
+
+    r = tile_sweep("cpu", "float32", reps=1, tiles=[(32, 32), (16, 16)])
+    assert r["rehearsal"] and not r["backward"] and "say nothing about tiles" in r["note"]
+    assert {(x["schedule"], x["tiles"]) for x in r["rows"]} == {
+        (s, t) for s in ("mswa", "swa") for t in ("chosen", "32x32", "16x16")}
+    assert all(x["median_s"] > 0 for x in r["rows"])
+    mswa16 = next(x for x in r["rows"] if x["schedule"] == "mswa" and x["tiles"] == "16x16")
+    mswa, _ = tiles.paper_schedules(16)
+    assert mswa16["tile_work"] == schedule_tile_work(mswa, 64, (16, 16), "merged")
+    assert set(r["summary"][0]["mswa_over_swa_same_tiles"]) == {"chosen", "32x32", "16x16"}
+    spent = tile_sweep("cpu", "float32", reps=1, tiles=[(16, 16)], budget_s=-1)
+    assert all(x.get("skipped") == "time budget spent" for x in spent["rows"])
