@@ -559,6 +559,27 @@ def chooser_report(segments: Sequence[int] = PAPER_SEGMENTS,
     return out
 
 
+def chooser_sensitivity(pass_seconds: Sequence[float] = (0.0, 5e-6, PASS_SECONDS, 100e-6),
+                        segment: int = 512) -> List[Dict]:
+    """How the chooser's plan for the paper's MSWA and its MSWA / SWA ratios move with the assumed
+    per-pass overhead (the constant a GPU measurement must settle)."""
+    mswa, swa = paper_schedules()
+    batch = max(1, PAPER_TOKENS_PER_STEP // segment)
+    out = []
+    for ps in pass_seconds:
+        wm, sm, plans = chosen_schedule_work(mswa, segment, batch=batch, pass_seconds=ps)
+        ws, ss, _ = chosen_schedule_work(swa, segment, batch=batch, pass_seconds=ps)
+        seen, layers = set(), []
+        for layer, plan in zip(mswa.windows, plans):
+            if layer not in seen:
+                seen.add(layer)
+                layers.append("+".join(map(str, plan.partition)) + " @ "
+                              + ", ".join(tile_label(t) for t in plan.tiles))
+        out.append({"pass_seconds": ps, "segment": segment, "mswa_plans": layers,
+                    "mswa_over_swa_tile_work": wm / ws, "mswa_over_swa_seconds": sm / ss})
+    return out
+
+
 def blocked_report(segments: Sequence[int] = PAPER_SEGMENTS, batch: int = 1) -> List[Dict]:
     """The CPU blocked kernel's computed scores at the paper's shape, MSWA / SWA, per layout
     (``auto`` = ``kernels.plan.best_partition``, ``grouped``, ``merged``) beside the visible
@@ -636,6 +657,7 @@ def tiles_report(train_bench: Optional[Dict] = None, with_blocked: bool = True) 
                         "status": "assumptions from public tile shapes, not measured: "
                                   "bench_attention.py --tile-sweep --device cuda settles them"},
         "chooser": chooser,
+        "chooser_sensitivity": chooser_sensitivity(),
         "targets": {
             "threshold": TARGET,
             "same_tiles": {t: {"mswa_over_swa": max(v), "met": max(v) <= TARGET}
@@ -706,6 +728,13 @@ def tiles_markdown(r: Dict) -> str:
                 lines.append(f"| {c['segment']} | {name} | {L['layers'][0]}-{L['layers'][-1]} | "
                              f"{L['windows'][0]}..{L['windows'][-1]} | "
                              f"{'+'.join(map(str, L['partition']))} | {', '.join(L['tiles'])} |")
+    lines += ["", "Sensitivity to the per-pass overhead (segment 512; MSWA's distinct layers, "
+              "windows 8..64, 16..128, 32..256, 64..512):", "",
+              "| pass overhead | MSWA plans | tile work MSWA / SWA | modelled s MSWA / SWA |",
+              "|---|---|---|---|"]
+    for x in r["chooser_sensitivity"]:
+        lines.append(f"| {x['pass_seconds'] * 1e6:.0f} us | {'; '.join(x['mswa_plans'])} | "
+                     f"{_f(x['mswa_over_swa_tile_work'])} | {_f(x['mswa_over_swa_seconds'])} |")
     tg = r["targets"]
     lines += ["", "## Targets (MSWA / SWA <= 0.95)", "",
               "| comparison | 512 | 2048 | met |", "|---|---|---|---|"]
