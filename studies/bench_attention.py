@@ -13,6 +13,13 @@ schedule (sum over layers) for full attention, SWA (w=128) and MSWA (base 128).
   load hits all alike); the table shows the best of ``--reps`` (and the median in the JSON).
 * Ratios (batch 1): mswa_over_swa and full_over_mswa_4096 at L=4096, scaling_* =
   t(8192) / t(1024). Theory: MSWA/SWA = 10800/12288 = 0.879; linear scaling = 8.
+
+``--tile-sweep`` (issue 29) times instead MSWA and SWA through FlexAttention for each tile shape
+(block mask ``BLOCK_SIZE`` and matching kernel blocks) and for each schedule's chosen tiles
+(``cost.tiles.choose_tiles``): :func:`tile_sweep`, what ``scripts/gpu_check.sh`` runs on a GPU
+(forward + backward, bf16, the paper's shape). On CPU it is a rehearsal at tiny sizes: eager
+FlexAttention, forward only (no CPU backward), every score materialised, so its times say
+nothing about tiles.
 """
 
 import argparse
@@ -199,6 +206,257 @@ def markdown(result) -> str:
     return "\n".join(lines)
 
 
+# --- tile sweep (issue 29) -----------------------------------------------------------------------
+
+def flex_bwd_blocks(tile):
+    """Backward kernel blocks (BLOCK_M1, BLOCK_N1, BLOCK_M2, BLOCK_N2) that divide the block mask's
+    ``tile = (q_block, kv_block)`` and meet the Triton template's asserts (N1 % M1 == 0, M2 % N2
+    == 0): N1 = min(kv, 128), M1 = min(q, N1, 64), M2 = min(q, 128), N2 = min(kv, M2, 64)."""
+    bq, bk = tile
+    n1 = min(bk, 128)
+    m1 = min(bq, n1, 64)
+    m2 = min(bq, 128)
+    return m1, n1, m2, min(bk, m2, 64)
+
+
+def flex_kernel_options(tile):
+    """Kernel options whose blocks match the block mask: forward BLOCK_M x BLOCK_N = the tile, the
+    backward's from :func:`flex_bwd_blocks`."""
+    m1, n1, m2, n2 = flex_bwd_blocks(tile)
+    return {"fwd_BLOCK_M": tile[0], "fwd_BLOCK_N": tile[1], "bwd_BLOCK_M1": m1,
+            "bwd_BLOCK_N1": n1, "bwd_BLOCK_M2": m2, "bwd_BLOCK_N2": n2}
+
+
+class _BwdConfigsForTiles:
+    """torch 2.13's flex backward lowering (torch/_inductor/kernel/flex/flex_attention.py) keeps
+    only heuristic configs whose blocks divide the block mask's sizes, BEFORE it reads the
+    ``bwd_BLOCK_*`` kernel options; on sm90 (head dim 64) its one default is 64 x 128 / 128 x 64,
+    so a 64-wide or smaller block mask has no backward config unless max-autotune adds some
+    (never 16). This context adds the config of :func:`flex_bwd_blocks` for ``tiles`` to the
+    heuristic's list (bench only; ``patched`` says whether it could)."""
+
+    def __init__(self, tiles):
+        self.tiles, self.patched, self.error, self._orig = list(tiles), False, None, None
+
+    def __enter__(self):
+        try:
+            from torch._inductor.choices import InductorChoices
+            from torch._inductor.template_heuristics.triton import FlexBwDConfig
+        except ImportError as e:  # another torch: record it, run unpatched
+            self.error = f"{type(e).__name__}: {e}"
+            return self
+        orig = self._orig = InductorChoices.get_flex_attention_bwd_configs
+        extra = [FlexBwDConfig(*flex_bwd_blocks(t), 1, 4) for t in self.tiles]
+
+        def configs(choices, head_dim, dtype, device_type="cuda"):
+            have = list(orig(choices, head_dim, dtype, device_type))
+            return have + [c for c in extra if c not in have]
+
+        InductorChoices.get_flex_attention_bwd_configs = configs
+        self.patched = True
+        return self
+
+    def __exit__(self, *exc):
+        if self._orig is not None:
+            from torch._inductor.choices import InductorChoices
+
+            InductorChoices.get_flex_attention_bwd_configs = self._orig
+        return False
+
+
+def _tile_calls(schedule, segment, plan):
+    """[(windows, memory, tile, count)] of one schedule's flex calls: ``plan`` a tile shape (one
+    call per layer over all its heads, memory = the layer's largest window - 1) or ``"chosen"``
+    (each layer's passes and tiles from ``cost.tiles.choose_tiles``); identical layers counted."""
+    from fairseq_mswa.cost import tiles as T
+
+    calls = Counter()
+    for i, layer in enumerate(schedule.windows):
+        mem = T.layer_memory(schedule, i, segment)
+        if plan == "chosen":
+            for p in T.choose_tiles(layer, segment, mem, batch=max(1, T.PAPER_TOKENS_PER_STEP // segment)).passes:
+                calls[(p.windows, p.memory, p.tile)] += 1
+        else:
+            calls[(tuple(layer), mem, tuple(plan))] += 1
+    return [(w, m, t, n) for (w, m, t), n in calls.items()]
+
+
+def _flex_step(windows, memory, tile, batch, segment, device, dtype, backward, fn):
+    """A closure timing one flex call (fwd, + bwd when ``backward``) over heads with ``windows``."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    from fairseq_mswa.kernels.flex import _mask_mod, _window_tensor
+
+    lk = segment + memory
+    g = torch.Generator(device="cpu").manual_seed(segment + memory)
+    h = len(windows)
+    q = torch.randn(batch, h, segment, HEAD_DIM, generator=g).to(device, dtype)
+    k, v = (torch.randn(batch, h, lk, HEAD_DIM, generator=g).to(device, dtype) for _ in range(2))
+    if backward:
+        for x in (q, k, v):
+            x.requires_grad_()
+    grad = torch.randn(batch, h, segment, HEAD_DIM, generator=g).to(device, dtype)
+    bm = create_block_mask(_mask_mod(_window_tensor(list(windows), lk, device), memory, 0), None,
+                           h, segment, lk, device=device, BLOCK_SIZE=tuple(tile))
+    opts = flex_kernel_options(tile) if device == "cuda" else None
+
+    def step():
+        if backward:
+            q.grad = k.grad = v.grad = None
+            fn(q, k, v, block_mask=bm, kernel_options=opts).backward(grad)
+        else:
+            with torch.no_grad():
+                fn(q, k, v, block_mask=bm, kernel_options=opts)
+
+    return step
+
+
+def tile_sweep(device="cuda", dtype="bfloat16", segments=(512, 2048), reps=5, tiles=None,
+               quick=False, budget_s=None, compiled=None) -> dict:
+    """MSWA and SWA attention through FlexAttention at every tile shape and at their chosen tiles.
+
+    GPU (``device='cuda'``): the paper's 12 x 8 model, head dim 64, base 128, batch = 16,384
+    tokens / segment, forward + backward in ``dtype``, compiled flex with kernel blocks matching
+    the block mask. ``quick`` / CPU rehearsal: segment 64, base 16, batch 1, forward only, eager
+    flex unless ``compiled`` (the CPU's flex has no backward; eager materialises every score).
+    Configurations run in priority order (chosen tiles, 128x128, then smaller) until ``budget_s``
+    (seconds of warm-up / compilation) is spent; the rest are listed as skipped. Each layer's
+    tile work (``cost.tiles``) is recorded beside its time, so the run can refit
+    ``tile_efficiency``. Returns a JSON-ready dict; times are seconds per 12-layer step."""
+    from fairseq_mswa.cost import tiles as T
+
+    tiles = [tuple(t) for t in (tiles or T.GPU_TILES)]
+    cpu = device != "cuda"
+    if cpu or quick:
+        segments, base, batch_of = ((64,) if quick or cpu else segments), 16, (lambda seg: 1)
+    else:
+        base, batch_of = T.PAPER_SHAPE["base_window"], (lambda seg: max(1, T.PAPER_TOKENS_PER_STEP // seg))
+    backward = not cpu
+    compiled = (not cpu) if compiled is None else compiled
+    tdtype = getattr(torch, dtype)
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from torch._dynamo import config as dynamo
+
+    # every (shape, tile) is its own graph: past the default limit of 8 recompiles flex would run
+    # unfused (every score materialised) and the sweep would time that
+    limits = (dynamo.recompile_limit, dynamo.accumulated_recompile_limit)
+    dynamo.recompile_limit = dynamo.accumulated_recompile_limit = 4096
+    fn = torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
+    mswa = build_schedule(LAYERS, HEADS, base, "mswa")
+    swa = build_schedule(LAYERS, HEADS, base, "swa")
+    plans = ["chosen"] + tiles
+    configs = [(seg, name, plan) for seg in segments for plan in plans
+               for name in ("mswa", "swa")]
+    t_start, steps, skipped, errors, meta = time.time(), {}, [], {}, {}
+    import warnings
+
+    with _BwdConfigsForTiles(tiles) as patch, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+        try:
+            for cfg in configs:
+                seg, name, plan = cfg
+                if budget_s is not None and time.time() - t_start > budget_s:
+                    skipped.append(cfg)
+                    continue
+                sched = mswa if name == "mswa" else swa
+                calls = _tile_calls(sched, seg, plan)
+                try:
+                    fns = [(_flex_step(w, m, t, batch_of(seg), seg, device, tdtype, backward, fn), n)
+                           for w, m, t, n in calls]
+                    for f, _ in fns:  # warm-up: block masks, compilation
+                        f()
+                except Exception as e:  # a shape the kernel refuses: recorded, the sweep goes on
+                    errors[cfg] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+                    continue
+                steps[cfg] = fns
+                meta[cfg] = {"calls": [{"windows": list(w), "memory": m, "tile": list(t), "count": n,
+                                        "tile_work": T.call_tile_work(w, seg, m, t)}
+                                       for w, m, t, n in calls]}
+            samples = {cfg: [] for cfg in steps}
+            for rep in range(reps):
+                for cfg in (list(steps) if rep % 2 == 0 else list(steps)[::-1]):
+                    samples[cfg].append(sum(n * timed(f, device) for f, n in steps[cfg]))
+        finally:
+            dynamo.recompile_limit, dynamo.accumulated_recompile_limit = limits
+    label = lambda plan: plan if plan == "chosen" else T.tile_label(plan)  # noqa: E731
+    rows = []
+    for cfg in configs:
+        seg, name, plan = cfg
+        row = {"segment": seg, "schedule": name, "tiles": label(plan), "batch": batch_of(seg)}
+        if cfg in samples:
+            row.update(median_s=statistics.median(samples[cfg]), samples_s=samples[cfg], **meta[cfg])
+            row["tile_work"] = sum(c["tile_work"] * c["count"] for c in meta[cfg]["calls"])
+        else:
+            row["error" if cfg in errors else "skipped"] = errors.get(cfg, "time budget spent")
+        rows.append(row)
+    by = {(r["segment"], r["schedule"], r["tiles"]): r.get("median_s") for r in rows}
+    summary = []
+    for seg in segments:
+        m = {p: by[(seg, "mswa", label(p))] for p in plans}
+        sw = {p: by[(seg, "swa", label(p))] for p in plans}
+        done_m = {p: t for p, t in m.items() if t is not None}
+        done_s = {p: t for p, t in sw.items() if t is not None}
+        summary.append({
+            "segment": seg,
+            "mswa_over_swa_same_tiles": {label(p): m[p] / sw[p] for p in plans
+                                         if m[p] is not None and sw[p] is not None},
+            "fastest_mswa": label(min(done_m, key=done_m.get)) if done_m else None,
+            "fastest_swa": label(min(done_s, key=done_s.get)) if done_s else None,
+            "mswa_fastest_over_swa_fastest": (min(done_m.values()) / min(done_s.values())
+                                              if done_m and done_s else None),
+        })
+    return {"device": device, "dtype": dtype, "backward": backward, "compiled": compiled,
+            "segments": list(segments), "base_window": base, "reps": reps,
+            "bwd_configs_patched": patch.patched, "bwd_patch_error": patch.error,
+            "rehearsal": cpu,
+            "note": ("CPU rehearsal: eager FlexAttention forward only, every score materialised: "
+                     "the times say nothing about tiles" if cpu and not compiled else
+                     "CPU rehearsal: compiled FlexAttention forward only (C++ template)" if cpu
+                     else "attention kernel only (no position term), forward + backward"),
+            "rows": rows, "summary": summary}
+
+
+def _label_order(label: str):
+    """'chosen' first, then tile shapes from the largest (area, then query block)."""
+    if label == "chosen":
+        return (0, 0, 0)
+    bq, bk = (int(x) for x in label.split("x"))
+    return (1, -bq * bk, -bq)
+
+
+def tile_markdown(result) -> str:
+    s = result["sweep"]
+    m = result["machine"]
+    lines = ["# MSWA / SWA through FlexAttention per tile shape (issue 29)", "",
+             f"Machine: {m['cpu_model']} ({m['cpu_count']} cores), {m['platform']}, torch "
+             f"{m['torch']}, device {m['device']}" + (f" ({m['gpu']})" if "gpu" in m else "")
+             + f", dtype {s['dtype']}, {'forward + backward' if s['backward'] else 'forward only'}"
+             f", {'compiled' if s['compiled'] else 'eager'} flex.",
+             f"Command: `{result['command']}` (commit {commit_text(result)}, {result.get('date')})",
+             "", f"**{s['note']}**", "",
+             "| segment | tiles | MSWA s | SWA s | MSWA / SWA | MSWA tile work / SWA's |",
+             "|---|---|---|---|---|---|"]
+    rows = {(r["segment"], r["schedule"], r["tiles"]): r for r in s["rows"]}
+    for seg in s["segments"]:
+        labels = {r["tiles"] for r in s["rows"]}
+        for label in sorted(labels, key=_label_order):
+            a, b = rows[(seg, "mswa", label)], rows[(seg, "swa", label)]
+            ta, tb = a.get("median_s"), b.get("median_s")
+            cell = lambda r, t: f"{t:.4f}" if t is not None else r.get("error", r.get("skipped", ""))[:60]  # noqa: E731
+            ratio = f"{ta / tb:.3f}" if ta and tb else "-"
+            work = (f"{a['tile_work'] / b['tile_work']:.3f}" if "tile_work" in a and "tile_work" in b
+                    else "-")
+            lines.append(f"| {seg} | {label} | {cell(a, ta)} | {cell(b, tb)} | {ratio} | {work} |")
+    lines.append("")
+    for x in s["summary"]:
+        ratio = x["mswa_fastest_over_swa_fastest"]
+        lines.append(f"Segment {x['segment']}: fastest MSWA {x['fastest_mswa']}, fastest SWA "
+                     f"{x['fastest_swa']}, MSWA fastest / SWA fastest "
+                     + ("-" if ratio is None else f"{ratio:.3f}") + ".")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lengths", default="512,1024,2048,4096,8192")
@@ -213,6 +471,13 @@ def main(argv=None):
                    help="skip full attention when batch * length exceeds this")
     p.add_argument("--tiny", action="store_true",
                    help="also time dense vs blocked at tiny lengths (auto's dense threshold)")
+    p.add_argument("--tile-sweep", action="store_true",
+                   help="time MSWA and SWA through FlexAttention per tile shape and at their chosen "
+                        "tiles (issue 29; a CPU runs the tiny forward-only rehearsal)")
+    p.add_argument("--segments", default="512,2048", help="--tile-sweep: segment lengths (GPU)")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="--tile-sweep: stop adding configurations after this many seconds of "
+                        "warm-up / compilation (the rest are listed as skipped)")
     p.add_argument("--json", default=None, help="write the results as JSON here")
     p.add_argument("--md", default=None, help="write the markdown table here")
     args = p.parse_args(argv)
@@ -220,6 +485,8 @@ def main(argv=None):
         p.error("--batches must include 1 (the ratios use batch 1)")
     torch.set_num_threads(args.threads)
     prov = provenance(script_command("bench_attention.py", argv), args.device, torch.get_num_threads())
+    if args.tile_sweep:
+        return tile_main(args, prov)
     info = prov["machine"]
     t0 = time.time()
     rows = run(args)
@@ -247,6 +514,22 @@ def main(argv=None):
     if args.tiny:
         result["tiny_dense_vs_blocked"] = tiny(max(args.reps, 10), args.device)
     md = markdown(result)
+    print(md)
+    if args.json:
+        write_text_atomic(args.json, json.dumps(result, indent=1) + "\n")
+    if args.md:
+        write_text_atomic(args.md, md)
+    return result
+
+
+def tile_main(args, prov) -> dict:
+    """``--tile-sweep``: run :func:`tile_sweep`, print its Markdown, write --json / --md."""
+    t0 = time.time()
+    sweep = tile_sweep(args.device, args.dtype, [int(x) for x in args.segments.split(",")],
+                       args.reps, quick=args.device != "cuda", budget_s=args.budget_s)
+    prov["machine"]["load_average_at_end"] = load_average()
+    result = {**prov, "wall_s": round(time.time() - t0, 1), "sweep": sweep}
+    md = tile_markdown(result)
     print(md)
     if args.json:
         write_text_atomic(args.json, json.dumps(result, indent=1) + "\n")

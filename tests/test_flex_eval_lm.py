@@ -18,7 +18,7 @@ import torch
 from conftest import USER_DIR, run_cli, train_tiny
 
 from fairseq_mswa.kernels import flex
-from fairseq_mswa.run_utils import parse_eval_lm
+from studies.run_utils import parse_eval_lm
 
 TOKENS, BATCH = 64, 2
 

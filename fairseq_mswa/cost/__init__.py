@@ -1,8 +1,10 @@
 """Relative cost of the rows of the MSWA paper's Tables 2, 3, 5 and 6; in ``flops`` the needed
-FLOPs of a training step (the tables' compute at paper scale is a study: ``studies/plan.py``).
+FLOPs of a training step, in ``tiles`` the work of tiled GPU kernels and the tile shapes to run
+(the tables' compute at paper scale is a study: ``studies/plan.py``).
 
     python -m fairseq_mswa.cost --table 2          # Markdown-ish table
     python -m fairseq_mswa.cost --table 5 --json   # JSON list of {row, relative_cost, ...}
+    python -m fairseq_mswa.cost --tiles            # MSWA / SWA work on tiled kernels per tile shape
 
 Cost of a model = sum over all softmax-attention heads of all layers of the keys a query attends
 to (``WindowSchedule.cost``; full attention counts the sequence length ``n``) plus, for hybrid
@@ -209,9 +211,16 @@ def main(argv=None) -> int:
         description="Relative cost (sum of attention windows) of the MSWA paper's table rows "
                     "(their training compute at paper scale: python scripts/plan.py).",
     )
-    parser.add_argument("--table", type=int, choices=(2, 3, 5, 6), required=True)
-    parser.add_argument("--json", action="store_true", help="print a JSON list of rows")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--table", type=int, choices=(2, 3, 5, 6))
+    what.add_argument("--tiles", action="store_true",
+                      help="MSWA / SWA attention work on tiled GPU kernels per tile shape at the "
+                           "paper's shape, and Tables 2, 5 and 6's rows (fairseq_mswa/cost/"
+                           "tiles.py; the full report with the chooser: python scripts/tiles.py)")
+    parser.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args(argv)
+    if args.tiles:
+        return _tiles_main(args.json)
     rows = table_rows(args.table)
     readings = arithmetic_reading_rows() if args.table == 6 else []
     if args.json:
@@ -227,4 +236,28 @@ def main(argv=None) -> int:
             for r in readings:
                 print(f"{r.row:36s} {r.setting:24s} {r.cost:10.1f} "
                       f"{display(r.relative_cost, 6):>9s}")
+    return 0
+
+
+def _tiles_main(as_json: bool) -> int:
+    from . import tiles
+
+    rows = tiles.paper_tile_table()
+    tables = {t: tiles.table_tile_rows(t) for t in (2, 5, 6)}
+    if as_json:
+        print(json.dumps({"paper_shape": rows, "tables": tables}, indent=1))
+        return 0
+    mswa, swa = tiles.paper_schedules()
+    print("MSWA / SWA attention work on tiled kernels, the paper's 12 x 8 model (base 128, memory = "
+          "each layer's largest window - 1);\na tile (queries x keys) with one visible key costs "
+          "the whole tile. Per key (1x1): "
+          f"{mswa.cost() / swa.cost():.3f}.\n")
+    print(f"{'segment':>8s} " + " ".join(f"{tiles.tile_label(t):>8s}" for t in tiles.PAPER_TILES))
+    for seg in sorted({r["segment"] for r in rows}):
+        print(f"{seg:8d} " + " ".join(f"{r['mswa_over_swa']:8.3f}" for r in rows
+                                      if r["segment"] == seg))
+    for t, trs in tables.items():
+        print(f"\nTable {t}: tile work relative to MSWA base 128 at the same tile shape (segment 512)")
+        for r in trs:
+            print(f"  {r['row']:36s} " + " ".join(f"{v:7.3f}" for v in r["relative_tile_work"].values()))
     return 0
