@@ -14,8 +14,11 @@
 #                and fairseq-train + fairseq-eval-lm --bf16 of transformer_xl_mswa and
 #                linear_mswa;
 #   3. attention scripts/bench_attention.py --device cuda --dtype bfloat16
-#   4. train     scripts/bench_train.py --device cuda (paper shape, float32)
-#   5. decode    scripts/bench_decode.py --device cuda (Fig. 3's shape, float16)
+#   4. tiles     scripts/bench_attention.py --tile-sweep: MSWA and SWA forward + backward in
+#                bfloat16 at the paper's shape for each tile choice (the chooser's first, then
+#                128x128 down; what its budget leaves out is listed as skipped)
+#   5. train     scripts/bench_train.py --device cuda (paper shape, float32)
+#   6. decode    scripts/bench_decode.py --device cuda (Fig. 3's shape, float16)
 # What it compiles (the budget is mostly compile time; one flex graph = one static signature,
 # kernels/flex.py, ~20-40 s of Triton fwd+bwd compiling each on a GPU, estimated, not measured):
 #   tests      4 flex graphs (3 cases with grad in bfloat16, 1 compiled forward); the CLI runs
@@ -24,7 +27,7 @@
 #              memory, short segment): at most 8 graphs in training (with grad) and 12 in eval;
 #   attention, train, decode  the benches' own (bench_*.py; flex graphs bounded by
 #              kernels.flex.RECOMPILE_LIMIT, a call past it raises instead of running unfused).
-# Output: results/bench/{attention,train,decode}_gpu.{json,md} (each names the GPU),
+# Output: results/bench/{attention,tiles,train,decode}_gpu.{json,md} (each names the GPU),
 # results/bench/gpu_check_gpu.json (every step's exit status and seconds, which attention backend
 # serves which inputs on this GPU and why the others do not, the commit, the machine) and
 # gpu_check.log (every step's full output): under $OUT when it is set (the device tool returns
@@ -118,19 +121,21 @@ if [[ $MODE == rehearse ]]; then
     TAG=rehearsal
     DEVICE=cpu
     # step budgets in seconds (generous: a rehearsal checks that every step runs, not its speed)
-    B_INSTALL=60 B_TESTS=180 B_ATTN=90 B_TRAIN=90 B_DECODE=90
+    B_INSTALL=60 B_TESTS=180 B_ATTN=90 B_TILES=60 B_TRAIN=90 B_DECODE=90
     export MSWA_GPU_REHEARSAL=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
     ATTN_ARGS=(--device cpu --lengths 128,256 --reps 1 --threads 1)
+    TILES_ARGS=(--tile-sweep --device cpu --reps 1 --threads 1)
     TRAIN_ARGS=(--device cpu --quick --reps 1 --warmup 1 --threads 1)
     DECODE_ARGS=(--device cpu --quick --threads 1)
 else
     DEST="${OUT:-$ROOT}"
     TAG=gpu
     DEVICE=cuda
-    # step budgets in seconds: 440 in all, under the 8 minutes one device call may spend here
-    B_INSTALL=40 B_TESTS=150 B_ATTN=70 B_TRAIN=110 B_DECODE=70
+    # step budgets in seconds: 470 in all, under the 8 minutes one device call may spend here
+    B_INSTALL=40 B_TESTS=150 B_ATTN=50 B_TILES=90 B_TRAIN=80 B_DECODE=60
     unset MSWA_GPU_REHEARSAL
     ATTN_ARGS=(--device cuda --dtype bfloat16 --reps 5)
+    TILES_ARGS=(--tile-sweep --device cuda --dtype bfloat16 --segments 512 --reps 5 --budget-s 80)
     TRAIN_ARGS=(--device cuda --reps 5 --warmup 2)
     DECODE_ARGS=(--device cuda)
     "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null \
@@ -213,6 +218,8 @@ install_step
 run_step tests "$B_TESTS" "$PY" -m pytest tests/gpu -v -rs -s -p no:cacheprovider
 run_step attention "$B_ATTN" "$PY" scripts/bench_attention.py "${ATTN_ARGS[@]}" \
     --json "$BENCH/attention_$TAG.json" --md "$BENCH/attention_$TAG.md"
+run_step tiles "$B_TILES" "$PY" scripts/bench_attention.py "${TILES_ARGS[@]}" \
+    --json "$BENCH/tiles_$TAG.json" --md "$BENCH/tiles_$TAG.md"
 run_step train "$B_TRAIN" "$PY" scripts/bench_train.py "${TRAIN_ARGS[@]}" \
     --json "$BENCH/train_$TAG.json" --md "$BENCH/train_$TAG.md"
 run_step decode "$B_DECODE" "$PY" scripts/bench_decode.py "${DECODE_ARGS[@]}" \

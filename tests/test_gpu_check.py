@@ -15,7 +15,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "gpu_check.sh"
-STEPS = ["install", "tests", "attention", "train", "decode"]
+STEPS = ["install", "tests", "attention", "tiles", "train", "decode"]
 
 
 def _run(*args, env=None, timeout=300):
@@ -36,7 +36,7 @@ def test_rehearsal_runs_every_step_on_cpu(tmp_path):
     assert [s["step"] for s in summary["steps"]] == STEPS
     assert summary["machine"]["device"] == "cpu" and "gpu" not in summary["machine"]
     assert summary["attention_backends"]["float32_plain"]["blocked"] == "ok"
-    for name in ("attention", "train", "decode"):
+    for name in ("attention", "tiles", "train", "decode"):
         result = json.loads((bench / f"{name}_rehearsal.json").read_text())
         assert result["machine"]["device"] == "cpu", name
         assert (bench / f"{name}_rehearsal.md").read_text().strip(), name
