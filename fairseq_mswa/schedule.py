@@ -40,7 +40,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import math
 
@@ -154,6 +154,22 @@ class WindowSchedule:
 
     def to_json(self) -> str:
         return json.dumps([list(layer) for layer in self.windows])
+
+
+def parse_layer_list(spec) -> List[int]:
+    """``--full-attn-layers``: '0,11' -> [0, 11]; also accepts a list or an int."""
+    if spec is None or spec == "":
+        return []
+    if isinstance(spec, int):
+        return [spec]
+    if isinstance(spec, (list, tuple)):
+        return [int(x) for x in spec]
+    try:
+        return [int(x) for x in str(spec).replace(" ", "").split(",") if x != ""]
+    except ValueError:
+        raise ScheduleError(
+            f"--full-attn-layers must be comma-separated layer indices such as '0,11', got {spec!r}"
+        ) from None
 
 
 def parse_explicit_windows(spec: Union[str, Sequence], num_layers: int, num_heads: int):

@@ -209,7 +209,7 @@ def target_overrides(pattern: str, base: int, sinks: int = 0, full_layers: str =
 
 
 def schedule_of(ov: Dict, layers: int, heads: int):
-    from fairseq_mswa.models.window_config import parse_layer_list
+    from fairseq_mswa.schedule import parse_layer_list
     from fairseq_mswa.schedule import build_schedule
 
     return build_schedule(layers, heads, ov["base_window"], ov["attn_pattern"],

@@ -91,6 +91,25 @@ def decoding_cases(full_layers: str) -> dict:
     }
 
 
+def full_after_prompt_attention(prompt: int):
+    """The masked reference of SWAA's full-attention decode, in place of a layer's
+    ``window_attention``: queries before ``prompt`` see their windows (and sinks), later ones
+    every earlier key; ``pos_scores`` (XL) added by distance. One segment, no memory."""
+    from fairseq_mswa.kernels.dense import distance_scores, visibility_mask
+
+    def attend(q, k, v, windows, sink_tokens=0, pos_scores=None, scale=None, **unused):
+        lq, lk = q.shape[2], k.shape[2]
+        assert lq == lk, "the reference covers one segment without memory"
+        mask = visibility_mask(lq, lk, windows, sink_tokens)
+        mask[:, prompt:] = torch.ones(lq, lk, dtype=torch.bool).tril()[prompt:]
+        scores = (q @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5 if scale is None else scale)
+        if pos_scores is not None:
+            scores = scores + distance_scores(pos_scores, lk)
+        return torch.softmax(scores.masked_fill(~mask, float("-inf")), -1) @ v
+
+    return attend
+
+
 def random_tokens(b, n, high, seed=1):
     """(b, n) token ids in [4, high): no special symbols."""
     return torch.randint(4, high, (b, n), generator=torch.Generator().manual_seed(seed))

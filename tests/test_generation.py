@@ -8,10 +8,9 @@ import pytest
 import torch
 
 import fairseq_mswa.modules.local_attention as local_attention
-from fairseq_mswa.kernels.dense import visibility_mask
 from fairseq_mswa.models.linear_mswa import LinearMSWALanguageModel
 from fairseq_mswa.modules.kv_cache import WindowKVCache
-from conftest import (decoding_cases, LINEAR_WORDS, PROMPT_TEXT, TINY_LINEAR, USER_DIR,
+from conftest import (decoding_cases, full_after_prompt_attention, LINEAR_WORDS, PROMPT_TEXT, TINY_LINEAR, USER_DIR,
                       assert_interactive_continues, decode_in_chunks, log_probs, random_tokens,
                       tiny_linear_model, train_tiny)
 
@@ -83,14 +82,7 @@ def test_full_attention_decode_equals_masked_parallel_forward(monkeypatch, patte
             if isinstance(c, WindowKVCache):
                 assert c.nbytes() == 3 * 4 * N * 2 * 8 * 8
 
-        def masked_attention(q, k, v, windows, sink_tokens=0, **unused):
-            lq, lk = q.shape[2], k.shape[2]
-            mask = visibility_mask(lq, lk, windows, sink_tokens)
-            mask[:, PROMPT:] = torch.ones(lq, lk, dtype=torch.bool).tril()[PROMPT:]
-            scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
-            return torch.softmax(scores.masked_fill(~mask, float("-inf")), -1) @ v
-
-        monkeypatch.setattr(local_attention, "window_attention", masked_attention)
+        monkeypatch.setattr(local_attention, "window_attention", full_after_prompt_attention(PROMPT))
         ref = _log_probs(m, m(tok)[0])
         monkeypatch.undo()
         trained = _log_probs(m, m(tok)[0])

@@ -10,10 +10,9 @@ import pytest
 import torch
 
 import fairseq_mswa.modules.xl_attention as xl_attention
-from fairseq_mswa.kernels.dense import distance_scores, visibility_mask
 from fairseq_mswa.models.linear_mswa import LinearMSWALanguageModel
 from fairseq_mswa.models.transformer_xl_mswa import TransformerXLMSWALanguageModel
-from conftest import (decoding_cases, PROMPT_TEXT, USER_DIR, XL_WORDS, assert_interactive_continues,
+from conftest import (decoding_cases, full_after_prompt_attention, PROMPT_TEXT, USER_DIR, XL_WORDS, assert_interactive_continues,
                       decode_in_chunks, log_probs, random_tokens, tiny_xl_model, train_tiny)
 from fairseq_mswa.stream import StreamState
 
@@ -107,15 +106,7 @@ def test_full_attention_decode_equals_masked_parallel_forward(monkeypatch, patte
         decoded, state = _decode(m, tok, [PROMPT] + [1] * (N - PROMPT))
         assert m.decoder.cache_nbytes(state) == 3 * 4 * 4 * N * 2 * HEAD_DIM * 8  # nothing evicted
 
-        def masked_attention(q, k, v, windows, sink_tokens=0, pos_scores=None, scale=None, **unused):
-            lq, lk = q.shape[2], k.shape[2]
-            assert lq == lk == N  # one segment, no memory
-            mask = visibility_mask(lq, lk, windows, sink_tokens)
-            mask[:, PROMPT:] = torch.ones(lq, lk, dtype=torch.bool).tril()[PROMPT:]
-            scores = (q @ k.transpose(-1, -2)) * scale + distance_scores(pos_scores, lk)
-            return torch.softmax(scores.masked_fill(~mask, float("-inf")), -1) @ v
-
-        monkeypatch.setattr(xl_attention, "window_attention", masked_attention)
+        monkeypatch.setattr(xl_attention, "window_attention", full_after_prompt_attention(PROMPT))
         ref = _log_probs(m, m(tok)[0])
         monkeypatch.undo()
         trained = _log_probs(m, m(tok)[0])

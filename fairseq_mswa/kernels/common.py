@@ -11,7 +11,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-Window = Optional[int]  # one head's window; None = full causal attention
+from ..schedule import Window  # noqa: F401  (one head's window; None = full causal attention)
+
 Windows = Sequence[Window]  # one per head
 
 # ``window_attention(backend=...)`` and the ``--attn-backend`` flag; ``auto`` picks one of the rest

@@ -43,7 +43,8 @@ from ..modules.norms import RMSNorm
 from ..schedule import ScheduleError, WindowSchedule
 from .decoding import CachedDecoderMixin
 from .hub import HubMixin
-from .lm_io import CheckpointFitMixin, LanguageModelIOConfig, build_input_embedding, build_output
+from .lm_io import (CheckpointFitMixin, LanguageModelIOConfig, build_input_embedding,
+                    build_output, set_default)
 from .window_config import check_backend, schedule_from_config
 
 LAYER_KINDS = {"L": "linear attention", "A": "local (window) softmax attention"}
@@ -253,14 +254,10 @@ class LinearMSWALanguageModel(HubMixin, CheckpointFitMixin, FairseqLanguageModel
 
 # --- presets (fairseq-train --arch); command-line flags still win ------------------------------
 
-def _set(args, name, value):
-    setattr(args, name, getattr(args, name, value))
-
-
 def _table3(args, layer_pattern, attn_pattern, base_window=128):
-    _set(args, "layer_pattern", layer_pattern)
-    _set(args, "attn_pattern", attn_pattern)
-    _set(args, "base_window", base_window)
+    set_default(args, "layer_pattern", layer_pattern)
+    set_default(args, "attn_pattern", attn_pattern)
+    set_default(args, "base_window", base_window)
 
 
 @register_model_architecture("linear_mswa", "linear_mswa_la_mswa")
@@ -296,11 +293,11 @@ def linear_mswa_mswa(args):
 @register_model_architecture("linear_mswa", "linear_mswa_tiny")
 def linear_mswa_tiny(args):
     """Tiny LAA x 2 hybrid for tests: 6 layers, dim 32, 4 heads, feature dim 8, windows 1..32."""
-    _set(args, "decoder_embed_dim", 32)
-    _set(args, "decoder_ffn_embed_dim", 64)
-    _set(args, "decoder_layers", 6)
-    _set(args, "decoder_attention_heads", 4)
-    _set(args, "feature_dim", 8)
-    _set(args, "linear_chunk_size", 16)
-    _set(args, "dropout", 0.0)
+    set_default(args, "decoder_embed_dim", 32)
+    set_default(args, "decoder_ffn_embed_dim", 64)
+    set_default(args, "decoder_layers", 6)
+    set_default(args, "decoder_attention_heads", 4)
+    set_default(args, "feature_dim", 8)
+    set_default(args, "linear_chunk_size", 16)
+    set_default(args, "dropout", 0.0)
     _table3(args, "LAA", "mswa", base_window=16)

@@ -43,6 +43,11 @@ class LanguageModelIOConfig(WindowAttentionConfig):
     )
 
 
+def set_default(args, name, value) -> None:
+    """A preset's value for ``name``, unless the command line gave one (fairseq's presets)."""
+    setattr(args, name, getattr(args, name, value))
+
+
 def build_input_embedding(cfg, dictionary) -> nn.Module:
     """Token embedding (normal init, zero padding row) or fairseq's AdaptiveInput."""
     dim = cfg.decoder_embed_dim

@@ -51,7 +51,8 @@ from ..schedule import ScheduleError, WindowSchedule
 from ..stream import StreamMemory
 from .decoding import CachedDecoderMixin
 from .hub import HubMixin
-from .lm_io import CheckpointFitMixin, LanguageModelIOConfig, build_input_embedding, build_output
+from .lm_io import (CheckpointFitMixin, LanguageModelIOConfig, build_input_embedding,
+                    build_output, set_default)
 from .window_config import check_backend, schedule_from_config
 
 
@@ -254,51 +255,47 @@ class TransformerXLMSWALanguageModel(HubMixin, CheckpointFitMixin, FairseqLangua
 
 # --- presets (fairseq-train --arch); command-line flags still win -----------------------------
 
-def _set(args, name, value):
-    setattr(args, name, getattr(args, name, value))
-
-
 def transformer_xl_mswa(args):
     """Paper base (Appendix B.2.1): 12 x 512, 8 heads of 64, FFN 2048, MSWA base window 128.
     ``--arch transformer_xl_mswa`` itself is registered by ``register_model`` from the dataclass
     defaults, which are these values; the other presets start from this function."""
-    _set(args, "decoder_embed_dim", 512)
-    _set(args, "decoder_ffn_embed_dim", 2048)
-    _set(args, "decoder_layers", 12)
-    _set(args, "decoder_attention_heads", 8)
-    _set(args, "attn_pattern", "mswa")
-    _set(args, "base_window", 128)
-    _set(args, "dropout", 0.1)
+    set_default(args, "decoder_embed_dim", 512)
+    set_default(args, "decoder_ffn_embed_dim", 2048)
+    set_default(args, "decoder_layers", 12)
+    set_default(args, "decoder_attention_heads", 8)
+    set_default(args, "attn_pattern", "mswa")
+    set_default(args, "base_window", 128)
+    set_default(args, "dropout", 0.1)
 
 
 @register_model_architecture("transformer_xl_mswa", "transformer_xl_mswa_wt103")
 def transformer_xl_mswa_wt103(args):
     """Wikitext-103: adaptive input / softmax (cutoffs 20000,60000, factor 4), tied, as fairseq's
     transformer_lm_wiki103. Train with --criterion adaptive_loss --ddp-backend legacy_ddp."""
-    _set(args, "adaptive_input", True)
-    _set(args, "adaptive_input_cutoff", "20000,60000")
-    _set(args, "adaptive_softmax_cutoff", "20000,60000")
-    _set(args, "adaptive_softmax_dropout", 0.2)
-    _set(args, "tie_adaptive_weights", True)
-    _set(args, "tie_adaptive_proj", True)
-    _set(args, "dropout", 0.2)
+    set_default(args, "adaptive_input", True)
+    set_default(args, "adaptive_input_cutoff", "20000,60000")
+    set_default(args, "adaptive_softmax_cutoff", "20000,60000")
+    set_default(args, "adaptive_softmax_dropout", 0.2)
+    set_default(args, "tie_adaptive_weights", True)
+    set_default(args, "tie_adaptive_proj", True)
+    set_default(args, "dropout", 0.2)
     transformer_xl_mswa(args)
 
 
 @register_model_architecture("transformer_xl_mswa", "transformer_xl_mswa_enwik8")
 def transformer_xl_mswa_enwik8(args):
     """enwik8 (bytes): plain tied softmax, the paper's shape."""
-    _set(args, "dropout", 0.1)
+    set_default(args, "dropout", 0.1)
     transformer_xl_mswa(args)
 
 
 @register_model_architecture("transformer_xl_mswa", "transformer_xl_mswa_tiny")
 def transformer_xl_mswa_tiny(args):
     """Tests: 4 layers x 32, 4 heads, MSWA base 16 (windows 1 .. 64)."""
-    _set(args, "decoder_embed_dim", 32)
-    _set(args, "decoder_ffn_embed_dim", 64)
-    _set(args, "decoder_layers", 4)
-    _set(args, "decoder_attention_heads", 4)
-    _set(args, "attn_pattern", "mswa")
-    _set(args, "base_window", 16)
-    _set(args, "dropout", 0.0)
+    set_default(args, "decoder_embed_dim", 32)
+    set_default(args, "decoder_ffn_embed_dim", 64)
+    set_default(args, "decoder_layers", 4)
+    set_default(args, "decoder_attention_heads", 4)
+    set_default(args, "attn_pattern", "mswa")
+    set_default(args, "base_window", 16)
+    set_default(args, "dropout", 0.0)

@@ -8,12 +8,12 @@ with ``--model-overrides`` (``--learned-sinks`` adds parameters: it is a trainin
 """
 
 from dataclasses import dataclass, field
-from typing import List
 
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
 from ..kernels.common import BACKENDS
-from ..schedule import PATTERNS, VARIATIONS, ScheduleError, WindowSchedule, build_schedule
+from ..schedule import (PATTERNS, VARIATIONS, ScheduleError, WindowSchedule, build_schedule,
+                        parse_layer_list)
 
 ATTN_PATTERN_CHOICES = ChoiceEnum(list(PATTERNS))
 WINDOW_VARIATION_CHOICES = ChoiceEnum(list(VARIATIONS))
@@ -75,22 +75,6 @@ class WindowAttentionConfig(FairseqDataclass):
             "--model-overrides \"{'decode_full_attention': True}\""
         },
     )
-
-
-def parse_layer_list(spec) -> List[int]:
-    """'0,11' -> [0, 11]; also accepts a list or an int."""
-    if spec is None or spec == "":
-        return []
-    if isinstance(spec, int):
-        return [spec]
-    if isinstance(spec, (list, tuple)):
-        return [int(x) for x in spec]
-    try:
-        return [int(x) for x in str(spec).replace(" ", "").split(",") if x != ""]
-    except ValueError:
-        raise ScheduleError(
-            f"--full-attn-layers must be comma-separated layer indices such as '0,11', got {spec!r}"
-        ) from None
 
 
 def schedule_from_config(cfg, num_layers: int, num_heads: int) -> WindowSchedule:
