@@ -34,7 +34,7 @@ them. ``decode_full_attention`` (``--model-overrides``) is SWAA's full-attention
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from fairseq.models import (
@@ -46,6 +46,8 @@ from fairseq.models import (
 from omegaconf import II
 from torch import Tensor, nn
 
+from ..cost.tiles import GPU_TILES, PAPER_TOKENS_PER_STEP, choose_tiles
+from ..kernels.flex import check_block_size
 from ..modules.xl_attention import RelMultiheadWindowAttention, XLDecodeCache
 from ..schedule import ScheduleError, WindowSchedule
 from ..stream import StreamMemory
@@ -72,6 +74,16 @@ class TransformerXLMSWAConfig(LanguageModelIOConfig):
             "(max window - 1), and --tokens-per-sample for layers with a full-attention head"
         },
     )
+    flex_tiles: str = field(
+        default="default",
+        metadata={
+            "help": "FlexAttention's tiles (query block x key block): 'default' (torch's 128x128 "
+            "for every layer), 'auto' (per layer the tiles of fairseq_mswa.cost.tiles."
+            "choose_tiles: smaller tiles where windows are small; its tile rates are "
+            "assumptions until scripts/gpu_check.sh measures them), or QxK such as 64x32 "
+            "(powers of two >= 16) for every layer"
+        },
+    )
     tokens_per_sample: int = II("task.tokens_per_sample")
     max_target_positions: Optional[int] = II("task.tokens_per_sample")
 
@@ -91,6 +103,40 @@ def memory_lengths(schedule: WindowSchedule, mem_len: int, tokens_per_sample: in
             need = mem_len
         out.append(need)
     return out
+
+
+def parse_tiles(spec: str) -> Optional[Tuple[int, int]]:
+    """``--flex-tiles``: 'default' -> None (torch's 128 x 128), 'QxK' -> (Q, K); 'auto' is the
+    caller's. Raises ScheduleError naming the fix."""
+    if spec == "default":
+        return None
+    try:
+        q, k = (int(x) for x in spec.lower().split("x"))
+        return check_block_size((q, k))
+    except ValueError:
+        raise ScheduleError(f"--flex-tiles {spec!r}: use default, auto, or QxK with powers of two "
+                            ">= 16 such as 64x32") from None
+
+
+def set_flex_tiles(attn: RelMultiheadWindowAttention, spec: str, segment: int, memory: int,
+                   backend: str) -> None:
+    """Give one XL layer its FlexAttention tiles (``--flex-tiles``). ``auto``: the passes and
+    tiles of :func:`fairseq_mswa.cost.tiles.choose_tiles` for the layer's windows at this segment
+    and memory (a step of the paper's 16,384 tokens); a plan of one pass sets that pass's tile,
+    a plan of several passes also sets the layer's partition where flex is named explicitly
+    (``--attn-backend flex``; under ``auto`` the device's own layout stays and the first pass's
+    tile is used)."""
+    if spec != "auto":
+        attn.set_block_size(parse_tiles(spec))
+        return
+    windows = [w for w, heads in attn.groups for _ in heads]  # the layer's group order
+    plan = choose_tiles(windows, segment, memory, GPU_TILES, head_dim=attn.head_dim,
+                        batch=max(1, PAPER_TOKENS_PER_STEP // segment))
+    if len(plan.passes) > 1 and backend == "flex":
+        attn.strategy = tuple(plan.partition)
+        attn.set_block_size([tuple(t) for t in plan.tiles])
+    else:
+        attn.set_block_size(tuple(plan.tiles[0]))
 
 
 class XLLayer(nn.Module):
@@ -151,6 +197,9 @@ class TransformerXLMSWADecoder(CachedDecoderMixin, FairseqIncrementalDecoder):
         self.layers = nn.ModuleList(
             XLLayer(cfg, self.schedule.layer(i)) for i in range(cfg.decoder_layers)
         )
+        for layer, mem_len in zip(self.layers, self.mem_lens):
+            set_flex_tiles(layer.attn, str(getattr(cfg, "flex_tiles", "default")),
+                           cfg.tokens_per_sample, mem_len, str(cfg.attn_backend))
         self.final_norm = nn.LayerNorm(dim)
         self.adaptive_softmax, self.output_projection = build_output(cfg, dictionary, embed_tokens)
 
