@@ -23,8 +23,6 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from . import flash as _flash
-from . import flex as _flex
 from .common import BACKENDS
 
 # On CPU, `auto` uses the dense reference up to this many (query, key) scores per head: there
@@ -76,8 +74,8 @@ def unsupported_reason(backend: str, needs: Needs, compiled: bool = True) -> Opt
 
 
 def _flex_reason(n: Needs, compiled: bool) -> Optional[str]:
-    if _flex.IMPORT_ERROR:
-        return _flex.IMPORT_ERROR
+    if flex_import_error():
+        return flex_import_error()
     if n.dropout:
         return "FlexAttention has no dropout (attention dropout > 0)"
     if n.device == "cpu" and n.grad:
@@ -108,7 +106,7 @@ def _flash_reason(n: Needs) -> Optional[str]:
         return f"flash-attn needs float16/bfloat16, got {n.dtype}"
     if n.head_dim is not None and n.head_dim > FLASH_MAX_HEAD_DIM:
         return f"flash-attn supports head_dim <= {FLASH_MAX_HEAD_DIM}, got {n.head_dim}"
-    err = _flash.import_error()
+    err = flash_import_error()
     if err is not None:
         return err
     return None
@@ -158,3 +156,33 @@ def plans_passes(backend: str, device: str) -> bool:
     ``auto`` or ``blocked``. Elsewhere (CUDA; flex, whose graphs are one per layer shape) a layer
     is one kernel call (``merged``) until a GPU measurement says otherwise."""
     return device == "cpu" and backend in ("auto", "blocked")
+
+
+# --- is the backend installed? (probed here, so that flex.py and flash.py import this module
+# and not the reverse) ------------------------------------------------------------------------
+
+def flex_import_error() -> Optional[str]:
+    """None when torch has FlexAttention, else why not (a sentence)."""
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention  # noqa: F401
+    except ImportError as e:
+        return f"torch.nn.attention.flex_attention is unavailable ({e}); needs torch >= 2.5"
+    return None
+
+
+def flash_import():
+    """flash-attn's ``flash_attn_func``, or the error (ImportError or other) of importing it."""
+    try:
+        from flash_attn import flash_attn_func
+    except Exception as e:  # not installed, or built for another torch/CUDA
+        return e
+    return flash_attn_func
+
+
+def flash_import_error() -> Optional[str]:
+    """None when flash-attn imports, else why not (a sentence)."""
+    f = flash_import()
+    if not isinstance(f, Exception):
+        return None
+    return (f"flash-attn 2 is not importable ({type(f).__name__}: {f}); the package index has "
+            f"it as an sdist only (a CUDA build of about an hour: pip install flash-attn)")

@@ -12,25 +12,8 @@ from typing import Optional
 
 import torch
 
+from .capabilities import flash_import, needs_of, refusal
 from .common import Windows, check_inputs, group_heads
-
-
-def _import_flash():
-    """flash_attn_func, or the ImportError (or other error) of importing it."""
-    try:
-        from flash_attn import flash_attn_func
-    except Exception as e:  # not installed, or built for another torch/CUDA
-        return e
-    return flash_attn_func
-
-
-def import_error() -> Optional[str]:
-    """None when flash-attn imports, else why not (a sentence)."""
-    f = _import_flash()
-    if not isinstance(f, Exception):
-        return None
-    return (f"flash-attn 2 is not importable ({type(f).__name__}: {f}); the package index has "
-            f"it as an sdist only (a CUDA build of about an hour: pip install flash-attn)")
 
 
 def flash_window_attention(
@@ -46,8 +29,6 @@ def flash_window_attention(
 ) -> torch.Tensor:
     """flash-attn window attention. q (B, H, Lq, D), k/v (B, H, Lk, D). Returns (B, H, Lq, D).
     Raises ValueError when it cannot serve the inputs."""
-    from .capabilities import needs_of, refusal
-
     check_inputs(q, k, v, windows, sink_tokens, pos_scores, dropout_p, sink_logits)
     reason = refusal("flash", needs_of(q, k, v, sink_tokens, pos_scores, dropout_p, sink_logits))
     if reason:
@@ -60,7 +41,7 @@ def flash_window_attention_unchecked(q, k, v, windows: Windows, sink_tokens=0, p
                                      dropout_p=0.0, scale=None, sink_logits=None) -> torch.Tensor:
     """``flash_window_attention`` without the checks (``window_attention`` ran them, and
     :mod:`.capabilities`)."""
-    flash_attn_func = _import_flash()
+    flash_attn_func = flash_import()
     groups = group_heads(windows, k.shape[2])
     outs = []
     for (w, _), qg, kg, vg in zip(groups, groups.split(q, 1), groups.split(k, 1), groups.split(v, 1)):

@@ -38,15 +38,14 @@ from typing import NamedTuple, Optional, Tuple
 
 import torch
 
+from .capabilities import flex_import_error, needs_of, refusal
 from .common import Windows, check_inputs, effective_window
 
-try:  # PyTorch >= 2.5
+IMPORT_ERROR: Optional[str] = flex_import_error()  # None where torch has FlexAttention
+if IMPORT_ERROR is None:  # PyTorch >= 2.5
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-
-    IMPORT_ERROR: Optional[str] = None
-except ImportError as e:  # pragma: no cover - depends on the installed torch
+else:  # pragma: no cover - depends on the installed torch
     create_block_mask = flex_attention = None
-    IMPORT_ERROR = f"torch.nn.attention.flex_attention is unavailable ({e}); needs torch >= 2.5"
 
 # torch's default block mask tile (create_block_mask's BLOCK_SIZE)
 DEFAULT_BLOCK_SIZE = (128, 128)
@@ -242,8 +241,6 @@ def flex_window_attention(
     """FlexAttention window attention. q (B, H, Lq, D), k/v (B, H, Lk, D), pos_scores
     (B, H, Lq, R) or None, sink_logits (H,) or None, block_size (q_block, kv_block) or None
     (128 x 128). Returns (B, H, Lq, D). Raises ValueError when it cannot serve."""
-    from .capabilities import needs_of, refusal
-
     check_inputs(q, k, v, windows, sink_tokens, pos_scores, dropout_p, sink_logits)
     reason = refusal("flex", needs_of(q, k, v, sink_tokens, pos_scores, dropout_p, sink_logits),
                      compiled)
