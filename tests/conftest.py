@@ -110,6 +110,14 @@ def full_after_prompt_attention(prompt: int):
     return attend
 
 
+def assert_full_decode_matches(decoded, ref, trained, prompt: int) -> None:
+    """SWAA's full-attention decode (log-probabilities (B, N, V)): equal to the masked reference
+    everywhere, to the trained windows on the prompt, and different from them after it."""
+    torch.testing.assert_close(decoded, ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(decoded[:, :prompt], trained[:, :prompt], rtol=1e-10, atol=1e-10)
+    assert (decoded[:, prompt:] - trained[:, prompt:]).abs().max() > 1e-6  # the override matters
+
+
 def random_tokens(b, n, high, seed=1):
     """(b, n) token ids in [4, high): no special symbols."""
     return torch.randint(4, high, (b, n), generator=torch.Generator().manual_seed(seed))

@@ -10,7 +10,7 @@ import torch
 import fairseq_mswa.modules.local_attention as local_attention
 from fairseq_mswa.models.linear_mswa import LinearMSWALanguageModel
 from fairseq_mswa.modules.kv_cache import WindowKVCache
-from conftest import (decoding_cases, full_after_prompt_attention, LINEAR_WORDS, PROMPT_TEXT, TINY_LINEAR, USER_DIR,
+from conftest import (assert_full_decode_matches, decoding_cases, full_after_prompt_attention, LINEAR_WORDS, PROMPT_TEXT, TINY_LINEAR, USER_DIR,
                       assert_interactive_continues, decode_in_chunks, log_probs, random_tokens,
                       tiny_linear_model, train_tiny)
 
@@ -86,9 +86,7 @@ def test_full_attention_decode_equals_masked_parallel_forward(monkeypatch, patte
         ref = _log_probs(m, m(tok)[0])
         monkeypatch.undo()
         trained = _log_probs(m, m(tok)[0])
-    torch.testing.assert_close(decoded, ref, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(decoded[:, :PROMPT], trained[:, :PROMPT], rtol=1e-10, atol=1e-10)
-    assert (decoded[:, PROMPT:] - trained[:, PROMPT:]).abs().max() > 1e-6  # the override matters
+    assert_full_decode_matches(decoded, ref, trained, PROMPT)
 
 
 def test_empty_prompt_and_replayed_tokens_are_clear_errors():
