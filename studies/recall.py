@@ -43,8 +43,8 @@ RUNS = REPO_ROOT / "runs" / "recall"
 TASK = {"tokens_per_sample": 128, "num_pairs": 8, "num_keys": 16, "num_values": 16,
         "num_fillers": 16, "distance_buckets": "1,4,8,16,32,64,128",
         "train_sequences": 100000, "valid_sequences": 500, "test_sequences": 2000, "data_seed": 1}
-TRAIN = {"batch_size": 32, "lr": 3e-3, "warmup_updates": 100, "max_update": 2000,
-         "validate_interval_updates": 500}
+TRAIN = {"batch_size": 32, "lr": 3e-3, "warmup_updates": 100, "max_update": 1000,
+         "validate_interval_updates": 250}
 BASE_WINDOW = 16
 XL = {"decoder_layers": 4, "decoder_embed_dim": 64, "decoder_ffn_embed_dim": 128,
       "decoder_attention_heads": 4}
