@@ -120,10 +120,10 @@ def _flags(options: Dict) -> List[str]:
     return out
 
 
-def train_command(model: Model, seed: int, save_dir: Path) -> List[str]:
+def train_command(model: Model, seed: int, save_dir: Path, train: Dict = TRAIN) -> List[str]:
     return ([sys.executable, "-m", "fairseq_cli.train", "--user-dir", str(REPO_ROOT / "fairseq_mswa"),
              "--task", "recall", "--criterion", "recall_cross_entropy", "--arch", model.arch]
-            + _flags(model.shape) + _flags(TASK) + _flags(TRAIN)
+            + _flags(model.shape) + _flags(TASK) + _flags(train)
             + ["--attn-pattern", model.pattern, "--base-window", str(BASE_WINDOW),
                "--dropout", "0", "--optimizer", "adam", "--lr-scheduler", "inverse_sqrt",
                "--save-dir", str(save_dir), "--no-epoch-checkpoints", "--log-format", "json",
@@ -138,11 +138,12 @@ def test_command(save_dir: Path) -> List[str]:
             "--num-workers", "0"]
 
 
-def plan(models: Sequence[Model], seeds: Sequence[int], runs_dir: Path) -> List[Dict]:
+def plan(models: Sequence[Model], seeds: Sequence[int], runs_dir: Path,
+         train: Dict = TRAIN) -> List[Dict]:
     """Seed-major: every model's first seed before any second seed, so a partial study is
     balanced."""
-    return [{"model": m, "seed": s, "name": f"{m.name}_seed{s}", "dir": runs_dir / f"{m.name}_seed{s}"}
-            for s in seeds for m in models]
+    return [{"model": m, "seed": s, "name": f"{m.name}_seed{s}", "dir": runs_dir / f"{m.name}_seed{s}",
+             "train": train} for s in seeds for m in models]
 
 
 def parse_counts(text: str, tag: str) -> Dict[str, List[int]]:
@@ -184,13 +185,14 @@ def run_one(item: Dict, verbose: bool = False) -> Dict:
         shutil.rmtree(run_dir)
     save_dir = run_dir / "checkpoints"
     t0 = time.time()
-    out = run_fairseq(train_command(model, item["seed"], save_dir), run_dir / "train.log",
-                      item["name"], verbose=verbose, total_updates=TRAIN["max_update"])
+    train = item["train"]
+    out = run_fairseq(train_command(model, item["seed"], save_dir, train), run_dir / "train.log",
+                      item["name"], verbose=verbose, total_updates=train["max_update"])
     train_s = time.time() - t0
     test = run_fairseq(test_command(save_dir), run_dir / "test.log", f"{item['name']} test",
                        verbose=verbose)
     result = {"model": model.name, "seed": item["seed"], "train_seconds": round(train_s, 1),
-              "updates": TRAIN["max_update"], "test": parse_counts(test, "test"),
+              "updates": train["max_update"], "test": parse_counts(test, "test"),
               "valid_curve": valid_curve(out)}
     write_json_atomic(run_dir / "result.json", result)
     for ck in save_dir.glob("*.pt"):  # the study keeps counts, not weights
@@ -255,7 +257,8 @@ def summarize(items: List[Dict]) -> Dict:
             pairs.append({"a": a, "b": b, "bucket": key, "diffs": [round(d, 2) for d in diffs],
                           "mean_diff": _r(mean_and_std(diffs)[0]), "interval": [_r(lo), _r(hi)],
                           "verdict": verdict, "basis": basis})
-    return {"task": TASK, "train": TRAIN, "base_window": BASE_WINDOW, "confidence": CONFIDENCE,
+    train = items[0]["train"] if items else TRAIN
+    return {"task": TASK, "train": train, "base_window": BASE_WINDOW, "confidence": CONFIDENCE,
             "models": models, "pairs": pairs}
 
 
@@ -303,7 +306,7 @@ def render_markdown(s: Dict, record: Dict) -> str:
         lines.append(f"| {s['models'][a]['label']} vs {s['models'][b]['label']} | "
                      + " | ".join(cells) + " |")
     lines += ["", "Setup: " + ", ".join(f"{k} {v}" for k, v in TASK.items()) + "; "
-              + ", ".join(f"{k} {v}" for k, v in TRAIN.items()) + f"; base window {BASE_WINDOW}.",
+              + ", ".join(f"{k} {v}" for k, v in s["train"].items()) + f"; base window {BASE_WINDOW}.",
               "", f"Command: `{record['command']}`  ", f"Commit: {commit_text(record)}  ",
               f"Date: {record['date']}  ", f"Machine: {json.dumps(record['machine'])}", ""]
     return "\n".join(lines)
@@ -395,15 +398,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         seeds = [int(s) for s in args.seeds.split(",") if s]
     except ValueError:
         raise SystemExit(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    train = {**TRAIN, "max_update": args.max_update,
+             "validate_interval_updates": min(TRAIN["validate_interval_updates"], args.max_update)}
     try:
-        items = plan(select_models(args.models), seeds, args.runs_dir)
+        items = plan(select_models(args.models), seeds, args.runs_dir, train)
     except RecallStudyError as e:
         raise SystemExit(str(e)) from None
-    TRAIN["max_update"] = args.max_update
-    TRAIN["validate_interval_updates"] = min(TRAIN["validate_interval_updates"], args.max_update)
     if args.dry_run:
         for it in items:
-            print(it["name"], " ".join(train_command(it["model"], it["seed"], it["dir"] / "checkpoints")))
+            print(it["name"], " ".join(train_command(it["model"], it["seed"], it["dir"] / "checkpoints",
+                                                     train)))
         return 0
     if not args.report_only:
         run_queue(items, args.verbose)
