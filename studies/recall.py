@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from fairseq_mswa.cost import hybrid_cost
+from fairseq_mswa.models.linear_mswa import expand_layer_pattern
 from fairseq_mswa.schedule import build_schedule
 from studies.run_utils import (
     REPO_ROOT, commit_text, provenance, run_fairseq, save_figure_atomic, script_command,
@@ -91,24 +93,36 @@ def schedule_of(model: Model):
     """The window schedule of the model's softmax layers (the local layers of a hybrid)."""
     layers = model.shape["decoder_layers"]
     if model.arch == "linear_mswa":
-        layers = model.shape["layer_pattern"].count("A") * layers // len(model.shape["layer_pattern"])
+        layers = expand_layer_pattern(model.shape["layer_pattern"], layers).count("A")
     return build_schedule(layers, model.shape["decoder_attention_heads"], BASE_WINDOW,
                           pattern=model.pattern)
 
 
 def reach(model: Model) -> Dict:
     """The largest window (one head's direct reach), the receptive field (the sum over layers
-    of each layer's largest window - 1: what stacked windows could relay) and the attention cost
-    relative to the same family's SWA (``WindowSchedule.cost`` at the sequence length)."""
+    of each layer's largest window - 1: what stacked windows could relay; a hybrid's linear
+    layers see the whole sequence, so its field is all of it) and the cost relative to the same
+    family's SWA at the sequence length (``WindowSchedule.cost``; a hybrid's linear layers
+    counted by ``fairseq_mswa.cost.hybrid_cost``)."""
     sched = schedule_of(model)
     n = TASK["tokens_per_sample"]
     maxes = [sched.max_window(i) for i in range(sched.num_layers)]
     full = any(m is None for m in maxes)
     swa = build_schedule(sched.num_layers, sched.num_heads, BASE_WINDOW, pattern="swa")
-    return {"largest_window": None if full else max(maxes),
-            "receptive_field": None if full else sum(m - 1 for m in maxes),
-            "relative_cost": round(sched.cost(n) / swa.cost(n), 4),
-            "windows": sched.to_json()}
+    if model.arch == "linear_mswa":
+        shape = model.shape
+        pattern = expand_layer_pattern(shape["layer_pattern"], shape["decoder_layers"])
+        heads, dim = shape["decoder_attention_heads"], shape["decoder_embed_dim"]
+
+        def cost(s):
+            return hybrid_cost(pattern, s, n, heads, dim // heads, shape["feature_dim"])
+        field = None
+    else:
+        def cost(s):
+            return s.cost(n)
+        field = None if full else sum(m - 1 for m in maxes)
+    return {"largest_window": None if full else max(maxes), "receptive_field": field,
+            "relative_cost": round(cost(sched) / cost(swa), 4), "windows": sched.to_json()}
 
 
 # --- plan and run ----------------------------------------------------------------------------
