@@ -450,6 +450,8 @@ def main(argv=None) -> int:
     ap.add_argument("--verbose", action="store_true",
                     help="stream fairseq's full logs instead of one progress bar per run")
     args = ap.parse_args(argv)
+    if args.updates is not None and args.updates < 1:
+        ap.error(f"--updates {args.updates}: give at least 1 (the count both models train)")
     cfg = dict(QUICK if args.quick else FULL)
     if args.updates is not None:
         cfg["updates"] = args.updates
