@@ -573,7 +573,8 @@ def test_demo_quick(tmp_path):
     assert "Equal updates: both models trained 3 updates, as planned." in out
     # what the shape allows, recorded and printed beside tokens/s
     allows = res["shape_allows"]
-    assert 0.9 < allows["flops_mswa_over_swa"] < 1.0 and allows["vocab"] > 100
+    assert 0.9 < allows["flops_mswa_over_swa"] < 1.0
+    assert allows["vocab"] >= res["corpus"]["dict_types"] + 4  # fairseq's specials
     for m in res["models"]:
         own = allows["per_model"][m["name"]]
         assert m["train_flops_per_update"] == own["train_flops_per_update"] > 0
