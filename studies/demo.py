@@ -299,7 +299,7 @@ def shape_lines(allows: Dict, models: List[Dict]) -> List[str]:
              "; equal speed is the best it can show here" if best < 1.05 else "")
     return [
         f"What the shape allows: MSWA needs {r:.2f}x SWA's FLOPs per training step here "
-        f"({g['MSWA']:.3f} vs {g['SWA']:.3f} GFLOP per update), so at equal hardware efficiency "
+        f"({g['MSWA']:.4g} vs {g['SWA']:.4g} GFLOP per update), so at equal hardware efficiency "
         f"its tokens/s can be at most {best:.2f}x SWA's{bound}"
         + (f" (measured: {', '.join(measured)})." if measured else "."),
         f"Decoding: MSWA's window caches hold {kv['MSWA']:.1f} KiB of keys/values per sequence "
@@ -404,7 +404,7 @@ def report_lines(res: Dict, threads: int, work: Path, out: Path) -> List[str]:
         lines.append(
             f"| {m['name']} | {m['windows'][0]}..{m['windows'][1]} | {m['updates']} | "
             f"{m['test_bpc']:.4f} | {m['relative_cost']:.2f} | "
-            f"{a['train_flops_per_update'] / 1e9:.3f} | {tps} | {m['eval_tokens_per_s']:,.0f} | "
+            f"{a['train_flops_per_update'] / 1e9:.4g} | {tps} | {m['eval_tokens_per_s']:,.0f} | "
             f"{a['decode_kv_cache_bytes'] / 1024:.1f} KiB |")
     cut = res["cut"]
     if cut:
