@@ -758,7 +758,8 @@ def run(args, cfg: Dict, work: Path, steps: Steps) -> Dict:
         full_dir = _fresh(work / "checkpoints" / "full")
         # the demo's training command (studies/demo.py), with full attention
         tcfg = dict(cfg, updates=cfg["train_updates"], base_window=cfg["window"])
-        cmd = demo.train_command(tcfg, data, "full", full_dir, tb / "full")
+        cmd = demo.train_command(tcfg, data, "full", full_dir, tb / "full",
+                                 stop_minutes=cfg["minutes"])
         cmd += ["--dropout", str(cfg["dropout"])]  # the demo's preset has none (short runs)
         t0 = time.time()
         steps.total = 1

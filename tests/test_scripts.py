@@ -1,5 +1,6 @@
-"""scripts/: reproduce.py planning and parsing, make_tables.py rendering, the table scripts'
---smoke runs end to end, and the demo's --quick mode."""
+"""scripts/: reproduce.py planning and parsing, make_tables.py rendering, the demo's equal-updates
+logic and what-the-shape-allows numbers, the table scripts' --smoke runs end to end, and the
+demo's --quick mode."""
 
 import json
 import os
@@ -10,7 +11,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from studies import make_tables, reproduce
+from studies import demo, make_tables, reproduce
+from studies.run_utils import CommandError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -330,6 +332,169 @@ def test_render_scaled_table_beside_the_paper(tmp_path):
     assert "Paper values unknown" in md6 and "| unknown | unknown |" in md6
 
 
+# --- the demo: equal updates, what the shape allows --------------------------------------------
+
+def test_demo_plan_updates_one_count_for_both():
+    """The count fits the budget for both models together, within [min, max]; the message says
+    how long it takes, and that a slow machine gets fewer updates or a longer wait."""
+    fast = demo.plan_updates({"SWA": 0.07, "MSWA": 0.08}, 480, 2000, 100)
+    assert fast["updates"] == 2000 and fast["train_s"] == pytest.approx(300)
+    assert demo.plan_message(fast).startswith("2000 updates each, about 5.0 minutes")
+    busy = demo.plan_updates({"SWA": 0.25, "MSWA": 0.25}, 480, 2000, 100)
+    assert busy["updates"] == 960 and "slower than usual now: 960 updates each instead of " \
+        "2000 (the same count for both), about 8.0 minutes" in demo.plan_message(busy)
+    slow = demo.plan_updates({"SWA": 3.0, "MSWA": 3.0}, 480, 2000, 100)
+    assert slow["updates"] == 100 and slow["train_s"] == 600
+    assert "take about 10.0 minutes of training, longer than the usual 8" in \
+        demo.plan_message(slow)
+    fixed = demo.plan_updates({"SWA": 0.1, "MSWA": 0.1}, 480, 5000, 5000)  # --updates 5000
+    assert fixed["updates"] == 5000 and demo.plan_message(fixed).startswith(
+        "5000 updates each (--updates) take about 16.7 minutes of training on this machine now, "
+        "longer than the usual 8")
+    with pytest.raises(ValueError, match="rerun the speed probe"):
+        demo.plan_updates({"SWA": 0.0, "MSWA": 0.1}, 480, 2000, 100)
+    with pytest.raises(ValueError, match="min_updates"):
+        demo.plan_updates({"SWA": 0.1}, 480, 50, 100)
+    # the first model's safety cap never cuts what the start announced
+    assert demo.first_run_cap(6.0, None) == 6.0 and demo.first_run_cap(6.0, 60) == 6.0
+    assert demo.first_run_cap(6.0, 300 * 60) == demo.FIRST_CAP_FACTOR * 300
+
+
+def _fake_trainer(done_by_name):
+    """train_one for demo.train_both: records its calls; a model trains the updates asked, or
+    ``done_by_name[name](asked)`` (a time cap, or a bug)."""
+    calls = []
+
+    def train_one(name, pattern, updates, stop_minutes):
+        calls.append((name, updates, stop_minutes))
+        done = done_by_name.get(name, lambda n: n)(updates)
+        return {"name": name, "pattern": pattern, "updates": done}
+    return train_one, calls
+
+
+PAIRS = (("SWA", "swa"), ("MSWA", "mswa"))
+
+
+def test_demo_train_both_equal_updates():
+    """The audit's case: the first model's cap stops it at 1,493 of 2,000 updates; the second
+    then trains exactly 1,493 with no cap, and the cut is recorded. A second model that trains
+    another count (a bug, or a cap on it) is an error, never a result."""
+    train_one, calls = _fake_trainer({})
+    models, cut = demo.train_both(PAIRS, 2000, 6.0, train_one)
+    assert calls == [("SWA", 2000, 6.0), ("MSWA", 2000, None)] and cut is None
+    assert [m["updates"] for m in models] == [2000, 2000]
+
+    train_one, calls = _fake_trainer({"SWA": lambda n: 1493})
+    models, cut = demo.train_both(PAIRS, 2000, 6.0, train_one)
+    assert calls == [("SWA", 2000, 6.0), ("MSWA", 1493, None)]
+    assert [m["updates"] for m in models] == [1493, 1493]
+    assert cut == {"model": "SWA", "cap_minutes": 6.0, "planned": 2000, "trained": 1493}
+
+    for bad in ({"MSWA": lambda n: n - 507}, {"SWA": lambda n: 1493, "MSWA": lambda n: 2000}):
+        train_one, _ = _fake_trainer(bad)
+        with pytest.raises(CommandError, match="unequal runs .* rerun with --updates"):
+            demo.train_both(PAIRS, 2000, 6.0, train_one)
+    train_one, _ = _fake_trainer({"SWA": lambda n: None})
+    with pytest.raises(CommandError, match="SWA reports None updates of 2000"):
+        demo.train_both(PAIRS, 2000, 6.0, train_one)
+
+
+def test_demo_check_equal_updates():
+    assert demo.check_equal_updates([{"name": "SWA", "updates": 7},
+                                     {"name": "MSWA", "updates": 7}]) == 7
+    for counts in ((2000, 1493), (2000, None), (0, 0)):
+        with pytest.raises(CommandError, match="equal updates only"):
+            demo.check_equal_updates([{"name": n, "updates": c}
+                                      for n, c in zip(("SWA", "MSWA"), counts)])
+
+
+def test_demo_train_command_caps_only_when_asked():
+    cfg = dict(demo.QUICK, updates=5)
+    plain = demo.train_command(cfg, Path("d"), "mswa", Path("s"), Path("t"))
+    capped = demo.train_command(cfg, Path("d"), "swa", Path("s"), Path("t"), stop_minutes=6.0)
+    assert "--stop-time-hours" not in plain and _flag(capped, "--stop-time-hours") == "0.1000"
+    assert _flag(plain, "--max-update") == _flag(capped, "--max-update") == "5"
+
+
+def test_demo_shape_allows():
+    """At the demo's shape MSWA needs 0.98 of SWA's FLOPs per update (the issue's audit figure;
+    step_flops as bench_train counts it) and holds its sum of windows in keys/values when
+    decoding: 450 against SWA's 512 (4 layers x 4 heads x 32), 2 x head dim 32 x 4 bytes each."""
+    allows = demo.shape_allows(demo.FULL, vocab=112)
+    assert allows["flops_mswa_over_swa"] == pytest.approx(0.981, abs=0.001)
+    assert allows["tokens_per_s_mswa_over_swa_at_most"] == pytest.approx(
+        1 / allows["flops_mswa_over_swa"])
+    per = allows["per_model"]
+    assert per["SWA"]["decode_kv_cache_bytes"] == 512 * 2 * 32 * 4 == 131072
+    assert per["MSWA"]["decode_kv_cache_bytes"] == 450 * 2 * 32 * 4
+    assert allows["kv_cache_mswa_over_swa"] == pytest.approx(450 / 512)
+    from fairseq_mswa.cost.flops import step_flops
+
+    shape = dict(layers=4, dim=128, ffn=512, heads=4, base_window=32)
+    assert per["SWA"]["train_flops_per_update"] == 16 * step_flops("xl_swa", shape, 64, 112)
+
+
+def _demo_result(counts, cut=None):
+    allows = demo.shape_allows(demo.FULL, vocab=112)
+    models = [{"name": n, "windows": w, "updates": c, "test_bpc": 1.7, "relative_cost": rc,
+               "train_tokens_per_s": tps, "eval_tokens_per_s": 3 * tps}
+              for n, w, c, rc, tps in zip(("SWA", "MSWA"), ([32, 32], [2, 128]), counts,
+                                          (1.14, 1.0), (12000.0, 11000.0))]
+    return {"models": models, "config": dict(demo.FULL, updates=counts[0]), "cut": cut,
+            "shape_allows": allows, "total_wall_s": 600.0}
+
+
+def test_demo_report_lines():
+    """The table shows the needed GFLOPs and the KV cache beside tokens/s, says the updates are
+    equal (and why, when a cap cut them), and that equal speed is MSWA's best here; a result of
+    unequal runs has no table."""
+    text = "\n".join(demo.report_lines(_demo_result((2000, 2000)), 2, Path("w"), Path("o")))
+    assert "| SWA | 32..32 | 2000 | 1.7000 | 1.14 | 5.813 | 12,000 | 36,000 | 128.0 KiB |" in text
+    assert "| MSWA | 2..128 | 2000 | 1.7000 | 1.00 | 5.704 | 11,000 | 33,000 | 112.5 KiB |" in text
+    assert "Equal updates: both models trained 2000 updates, as planned." in text
+    assert ("MSWA needs 0.98x SWA's FLOPs per training step here (5.704 vs 5.813 GFLOP per "
+            "update), so at equal hardware efficiency its tokens/s can be at most 1.02x SWA's; "
+            "equal speed is the best it can show here (measured: training 0.92x, evaluation "
+            "0.92x).") in text
+    assert "112.5 KiB of keys/values per sequence against SWA's 128.0 KiB (0.88x" in text
+    cut = {"model": "SWA", "cap_minutes": 6.0, "planned": 2000, "trained": 1493}
+    text = "\n".join(demo.report_lines(_demo_result((1493, 1493), cut), 2, Path("w"), Path("o")))
+    assert ("SWA stopped at its 6.0-minute safety cap after 1493 of the 2000 planned updates, "
+            "and MSWA then trained exactly 1493, so both compare at 1493 updates.") in text
+    with pytest.raises(CommandError, match="unequal runs \\(SWA 2000, MSWA 1493 updates\\)"):
+        demo.report_lines(_demo_result((2000, 1493)), 2, Path("w"), Path("o"))
+
+
+def test_demo_main_cut_first_run_gives_equal_updates(tmp_path, monkeypatch, capsys):
+    """demo.main's wiring, fairseq-train faked: SWA's safety cap stops it after 2 of the 3
+    planned updates; MSWA is asked for exactly 2 with no cap, and demo.json and the table say
+    both trained 2 and why."""
+    asked = []
+
+    def fake_run_model(name, pattern, cfg, data, split, work, step, verbose=False,
+                       stop_minutes=None):
+        asked.append((name, cfg["updates"], stop_minutes))
+        done = 2 if stop_minutes is not None else cfg["updates"]
+        cost, (lo, hi) = demo.schedule_cost(cfg, pattern)
+        return {"name": name, "pattern": pattern, "windows": [lo, hi], "max_memory": hi - 1,
+                "updates": done, "cost": cost, "test_bpc": 5.0, "eval_symbols": 10,
+                "eval_tokens_per_s": 100.0, "train_tokens_per_s": 50.0, "train_wall_s": 1.0,
+                "curve": [{"update": u, "train_loss_base2": 6.0} for u in range(1, done + 1)],
+                "commands": {"train": []}}
+
+    monkeypatch.setattr(demo, "run_model", fake_run_model)
+    assert demo.main(["--quick", "--work", str(tmp_path / "work"),
+                      "--out", str(tmp_path / "out")]) == 0
+    assert asked == [("SWA", 3, 5.0), ("MSWA", 2, None)]
+    res = json.loads((tmp_path / "out" / "demo.json").read_text())
+    assert [m["updates"] for m in res["models"]] == [2, 2] == [res["config"]["updates"]] * 2
+    assert res["config"]["updates_planned"] == 3
+    assert res["cut"] == {"model": "SWA", "cap_minutes": 5.0, "planned": 3, "trained": 2}
+    out = capsys.readouterr().out
+    assert "SWA stopped at its 5.0-minute safety cap after 2 of the 3 planned updates" in out
+    assert "| SWA | 16..16 | 2 |" in out and "| MSWA | 1..64 | 2 |" in out
+
+
 # --- end to end: the table scripts' --smoke mode and the demo's --quick mode --------------------
 
 def _run(cmd, timeout):
@@ -400,6 +565,23 @@ def test_demo_quick(tmp_path):
         assert m["updates"] == res["config"]["updates"] == len(m["curve"]) == 3
     mswa = next(m for m in res["models"] if m["name"] == "MSWA")
     assert mswa["relative_cost"] == 1.0
+    # equal updates, as planned; only the first model had a time cap
+    assert res["config"]["updates_planned"] == 3 and res["cut"] is None
+    swa_cmd, mswa_cmd = (m["commands"]["train"] for m in res["models"])
+    assert "--stop-time-hours" in swa_cmd and "--stop-time-hours" not in mswa_cmd
+    assert "[1/4] 3 updates each (--quick: no speed probe" in out
+    assert "Equal updates: both models trained 3 updates, as planned." in out
+    # what the shape allows, recorded and printed beside tokens/s
+    allows = res["shape_allows"]
+    assert 0.9 < allows["flops_mswa_over_swa"] < 1.0
+    assert allows["vocab"] >= res["corpus"]["dict_types"] + 4  # fairseq's specials
+    for m in res["models"]:
+        own = allows["per_model"][m["name"]]
+        assert m["train_flops_per_update"] == own["train_flops_per_update"] > 0
+        # 4 layers x 4 heads, head dim 8, float32: every head holds its window
+        assert m["decode_kv_cache_bytes"] == m["cost"] * 2 * 8 * 4
+    assert f"MSWA needs {allows['flops_mswa_over_swa']:.2f}x SWA's FLOPs per training step" in out
+    assert "equal speed is the best it can show here" in out
     assert (tmp_path / "out" / "demo.png").read_bytes()[:4] == b"\x89PNG"
     assert "| SWA |" in out and "| MSWA |" in out
     # quiet: fairseq's logs go to files (named at the end), not to the terminal
