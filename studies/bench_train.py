@@ -33,7 +33,6 @@ never asserted.
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -50,7 +49,7 @@ from fairseq_mswa.allocator import ALLOCATOR_HELP, apply_for_run
 from studies.arch import DictionaryTask, build_arch_model
 from fairseq_mswa.modules.xl_attention import RelMultiheadWindowAttention
 from studies.stats import paired_ratio
-from studies.run_utils import commit_text, load_average, provenance, script_command, write_text_atomic
+from studies.run_utils import commit_text, load_average, provenance, script_command, write_result
 from fairseq_mswa.schedule import build_schedule
 from fairseq_mswa.stream import StreamState
 
@@ -632,12 +631,7 @@ def main(argv=None):
         result.setdefault(name, value)
     if profiles:
         result["profiles"] = profiles
-    md = markdown(result)
-    print(md)
-    if args.json:
-        write_text_atomic(args.json, json.dumps(result, indent=1) + "\n")
-    if args.md:
-        write_text_atomic(args.md, md)
+    write_result(result, args.json, args.md, markdown(result))
     return result
 
 
