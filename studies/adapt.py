@@ -422,6 +422,11 @@ class Steps:
         self.done += 1
         return out
 
+    @property
+    def last_command(self) -> str:
+        """The command line of the last step run, as the result records it."""
+        return self.commands[-1]["command"]
+
     def close(self):
         pass
 
@@ -865,7 +870,7 @@ def evaluate_before(cfg: Dict, data: Path, ckpt: Path, targets: List[Dict], spli
     model's score, its command)."""
     text = steps.run("eval_full", eval_command(cfg, data, ckpt, None), "evaluating full")
     full_score = score(text, split)
-    command = steps.commands[-1]["command"]
+    command = steps.last_command
     for t in targets:
         if t["overrides"]["attn_pattern"] == "full":
             t["before"] = dict(full_score)
@@ -873,7 +878,7 @@ def evaluate_before(cfg: Dict, data: Path, ckpt: Path, targets: List[Dict], spli
         text = steps.run(f"eval_{t['slug']}_before",
                          eval_command(cfg, data, ckpt, t["overrides"]),
                          f"evaluating {t['name']} (no training)")
-        t["before"] = score(text, split) | {"command": steps.commands[-1]["command"]}
+        t["before"] = score(text, split) | {"command": steps.last_command}
     return full_score, command
 
 
@@ -907,13 +912,13 @@ def finetune_run(t: Dict, updates: int, seed: int, ck: Dict, cfg: Dict, data: Pa
     ft = {"updates": tr.get("updates"), "wall_s": round(time.time() - t0, 1),
           "train_loss_base2": tr.get("train_loss_base2"),
           "train_tokens_per_s": tr.get("train_tokens_per_s"),
-          "command": steps.commands[-1]["command"]}
+          "command": steps.last_command}
     text = steps.run(f"eval_{tag}",
                      eval_command(cfg, data, save / "checkpoint_last.pt", None),
                      f"evaluating {t['name']} ({updates} FT updates, seed {seed})")
     return {"updates": updates, "seed": seed, "finetune": ft,
             "checkpoint": save / "checkpoint_last.pt",
-            "after": score(text, split) | {"command": steps.commands[-1]["command"]}}
+            "after": score(text, split) | {"command": steps.last_command}}
 
 
 def decode_one(steps: Steps, cfg: Dict, data: Path, name: str, tag: str, ckpt_path: Path,
@@ -922,7 +927,7 @@ def decode_one(steps: Steps, cfg: Dict, data: Path, name: str, tag: str, ckpt_pa
     {bits_per_token, tokens, command}."""
     text = steps.run(f"decode_{tag}", decode_eval_command(cfg, data, ckpt_path, ov),
                      f"decode-time evaluation: {name}")
-    return parse_decode_eval(text) | {"command": steps.commands[-1]["command"]}
+    return parse_decode_eval(text) | {"command": steps.last_command}
 
 
 def decode_rows(decoded: List[Dict], cfg: Dict, data: Path, ckpt: Path,
