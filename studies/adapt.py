@@ -44,7 +44,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from studies.reproduce import ReproError, metric_value, test_split_stats
 from studies.run_utils import (
@@ -422,6 +422,11 @@ class Steps:
         self.done += 1
         return out
 
+    @property
+    def last_command(self) -> str:
+        """The command line of the last step run, as the result records it."""
+        return self.commands[-1]["command"]
+
     def close(self):
         pass
 
@@ -729,54 +734,16 @@ def _fresh(path: Path) -> Path:
 
 
 def run(args, cfg: Dict, work: Path, steps: Steps) -> Dict:
-    tb = work / "tb"
+    """The study once its options are checked: the full model (trained here or ``--checkpoint``),
+    the targets and their cost, every evaluation and fine-tuning run, the decode-time rows.
+    Returns the result without its provenance (``main`` adds it); ``cfg`` gains the fine-tuning
+    learning rate when it had none."""
     if args.checkpoint is None:
-        from studies import demo
-
-        if args.data is not None:
-            data = args.data.resolve()
-            source = str(data)
-        elif args.smoke:
-            from data_prep.pydoc_corpus import prepare_pydoc_chars
-
-            steps.note("building the character corpus from pydoc_data.topics "
-                       "(data_prep/pydoc_corpus.py)")
-            info = prepare_pydoc_chars(work / "data-bin", max_bytes=cfg["max_bytes"], workers=1,
-                                       name=f"pydoc-chars-{cfg['max_bytes']}",
-                                       log=lambda m: None)
-            data = (work / "data-bin" / info["dataset"]).resolve()
-            source = info["source"] + f", first {cfg['max_bytes']:,} bytes"
-        else:
-            from data_prep.shakespeare import prepare_shakespeare
-
-            data = (args.data_dir / "shakespeare-chars").resolve()
-            if not (data / "prepared.json").is_file():
-                steps.note(f"preparing the Shakespeare corpus in {args.data_dir} "
-                           "(data_prep/shakespeare.py)")
-                prepare_shakespeare(args.data_dir)
-            source = "the Shakespeare byte corpus (data_prep/shakespeare.py)"
-        full_dir = _fresh(work / "checkpoints" / "full")
-        # the demo's training command (studies/demo.py), with full attention
-        tcfg = dict(cfg, updates=cfg["train_updates"], base_window=cfg["window"])
-        cmd = demo.train_command(tcfg, data, "full", full_dir, tb / "full",
-                                 stop_minutes=cfg["minutes"])
-        cmd += ["--dropout", str(cfg["dropout"])]  # the demo's preset has none (short runs)
-        t0 = time.time()
-        steps.total = 1
-        text = steps.run("train_full", cmd, f"training the full model ({cfg['train_updates']} "
-                                            "updates)", total_updates=cfg["train_updates"])
-        trained = parse_train_summary(text)
-        ckpt = full_dir / "checkpoint_last.pt"
-        full_info = {"updates": trained.get("updates"), "train_wall_s": round(time.time() - t0, 1),
-                     "train_loss_base2": trained.get("train_loss_base2"),
-                     "train_tokens_per_s": trained.get("train_tokens_per_s")}
-        if full_info["updates"] != cfg["train_updates"]:
-            steps.note(f"note: the full model stopped after {full_info['updates']} of "
-                       f"{cfg['train_updates']} updates (the {cfg['minutes']:g}-minute cap)")
+        data, source = training_corpus(args, cfg, work, steps)
+        ckpt, full_info = train_full_model(cfg, data, work, steps)
         ck = check_checkpoint(ckpt, data)
-        if cfg["finetune_lr"] is None:  # inverse_sqrt (demo.train_command) at the last update
-            last = max(1, full_info["updates"] or cfg["train_updates"])
-            cfg["finetune_lr"] = float(f"{cfg['lr'] * min(1.0, (cfg['warmup'] / last) ** 0.5):.3g}")
+        if cfg["finetune_lr"] is None:
+            cfg["finetune_lr"] = continued_lr(cfg, full_info["updates"])
     else:
         ckpt, data = args.checkpoint.resolve(), args.data.resolve()
         ck = check_checkpoint(ckpt, data)
@@ -784,18 +751,101 @@ def run(args, cfg: Dict, work: Path, steps: Steps) -> Dict:
         full_info = {"updates": None, "checkpoint": portable_path(str(ckpt), steps.roots)}
     split = test_split_stats(data)  # {} for a data-bin not made by data_prep: perplexity
     layers, heads = ck["layers"], ck["heads"]
-    if args.mswa_base is not None:
-        ov = target_overrides("mswa", args.mswa_base)
-        cost = schedule_of(ov, layers, heads).cost() / schedule_of(
-            target_overrides("swa", cfg["window"]), layers, heads).cost()
-        matched = {"overrides": ov, "base": args.mswa_base, "relative_cost": cost,
-                   "how": f"the paper's schedule at base {args.mswa_base} (--mswa-base)"}
-    else:
-        matched = cost_matched_mswa(cfg["window"], layers, heads)
+    matched = mswa_match(args.mswa_base, cfg["window"], layers, heads)
     targets = plan_targets(cfg, matched, layers, heads)
-    n = cfg["segment"]
+    full_cost, swa_cost = costed_targets(targets, cfg, layers, heads)
+    decoded = [t for t in targets if t["decode"]]
+    steps.total += (1 + (len(targets) - 1) + 2 * sum(len(t["lengths"]) * len(t["seeds"])
+                                                     for t in targets) + 1 + 4 * len(decoded))
+    full_score, command = evaluate_before(cfg, data, ckpt, targets, split, steps)
+    full_info.update(value=full_score["value"], eval_tokens_per_s=full_score["eval_tokens_per_s"],
+                     eval_symbols=full_score["eval_symbols"], relative_cost_vs_swa=full_cost /
+                     swa_cost, command=command)
+    for t in targets:
+        finetune_target(t, ck, cfg, data, ckpt, split, work, steps)
+    dec_rows = decode_rows(decoded, cfg, data, ckpt, steps)
+    return adaptation_record(cfg, matched, full_score["metric"], source, data, split, ck,
+                             full_info, targets, dec_rows, steps)
+
+
+def training_corpus(args, cfg: Dict, work: Path, steps: Steps) -> Tuple[Path, str]:
+    """(data-bin, how the result names its source) of the full model trained here: ``--data``,
+    the pydoc character corpus (``--smoke``) or the Shakespeare corpus, prepared on first use."""
+    if args.data is not None:
+        data = args.data.resolve()
+        return data, str(data)
+    if args.smoke:
+        from data_prep.pydoc_corpus import prepare_pydoc_chars
+
+        steps.note("building the character corpus from pydoc_data.topics "
+                   "(data_prep/pydoc_corpus.py)")
+        info = prepare_pydoc_chars(work / "data-bin", max_bytes=cfg["max_bytes"], workers=1,
+                                   name=f"pydoc-chars-{cfg['max_bytes']}",
+                                   log=lambda m: None)
+        data = (work / "data-bin" / info["dataset"]).resolve()
+        return data, info["source"] + f", first {cfg['max_bytes']:,} bytes"
+    from data_prep.shakespeare import prepare_shakespeare
+
+    data = (args.data_dir / "shakespeare-chars").resolve()
+    if not (data / "prepared.json").is_file():
+        steps.note(f"preparing the Shakespeare corpus in {args.data_dir} "
+                   "(data_prep/shakespeare.py)")
+        prepare_shakespeare(args.data_dir)
+    return data, "the Shakespeare byte corpus (data_prep/shakespeare.py)"
+
+
+def train_full_model(cfg: Dict, data: Path, work: Path, steps: Steps) -> Tuple[Path, Dict]:
+    """Train the full-attention model with the demo's command (studies/demo.py) plus dropout,
+    the first step of the run. Returns (its last checkpoint, what the result says of it:
+    updates, wall time, train loss and tokens/s); a note when the time cap stopped it early."""
+    from studies import demo
+
+    full_dir = _fresh(work / "checkpoints" / "full")
+    tcfg = dict(cfg, updates=cfg["train_updates"], base_window=cfg["window"])
+    cmd = demo.train_command(tcfg, data, "full", full_dir, work / "tb" / "full",
+                             stop_minutes=cfg["minutes"])
+    cmd += ["--dropout", str(cfg["dropout"])]  # the demo's preset has none (short runs)
+    t0 = time.time()
+    steps.total = 1
+    text = steps.run("train_full", cmd, f"training the full model ({cfg['train_updates']} "
+                                        "updates)", total_updates=cfg["train_updates"])
+    trained = parse_train_summary(text)
+    full_info = {"updates": trained.get("updates"), "train_wall_s": round(time.time() - t0, 1),
+                 "train_loss_base2": trained.get("train_loss_base2"),
+                 "train_tokens_per_s": trained.get("train_tokens_per_s")}
+    if full_info["updates"] != cfg["train_updates"]:
+        steps.note(f"note: the full model stopped after {full_info['updates']} of "
+                   f"{cfg['train_updates']} updates (the {cfg['minutes']:g}-minute cap)")
+    return full_dir / "checkpoint_last.pt", full_info
+
+
+def continued_lr(cfg: Dict, updates: Optional[int]) -> float:
+    """The learning rate the full model ended with (inverse_sqrt, demo.train_command, at its
+    last update, ``cfg['train_updates']`` when not logged), to 3 significant digits: where
+    fine-tuning continues its schedule."""
+    last = max(1, updates or cfg["train_updates"])
+    return float(f"{cfg['lr'] * min(1.0, (cfg['warmup'] / last) ** 0.5):.3g}")
+
+
+def mswa_match(base: Optional[int], window: int, layers: int, heads: int) -> Dict:
+    """The MSWA target's {overrides, base, how, relative_cost}: the paper's schedule at
+    ``--mswa-base`` when given, else :func:`cost_matched_mswa` to SWA with ``window``."""
+    if base is None:
+        return cost_matched_mswa(window, layers, heads)
+    ov = target_overrides("mswa", base)
+    cost = schedule_of(ov, layers, heads).cost() / schedule_of(
+        target_overrides("swa", window), layers, heads).cost()
+    return {"overrides": ov, "base": base, "relative_cost": cost,
+            "how": f"the paper's schedule at base {base} (--mswa-base)"}
+
+
+def costed_targets(targets: List[Dict], cfg: Dict, layers: int, heads: int) -> Tuple[int, int]:
+    """Add to every target its windows (as the table shows them), schedule, cost at n =
+    ``cfg['segment']`` and cost relative to full attention and to SWA. Returns (full
+    attention's cost, SWA's cost)."""
     from fairseq_mswa.schedule import build_schedule
 
+    n = cfg["segment"]
     full_cost = build_schedule(layers, heads, pattern="full").cost(n)
     swa_cost = schedule_of(target_overrides("swa", cfg["window"]), layers, heads).cost(n)
     for t in targets:
@@ -811,18 +861,17 @@ def run(args, cfg: Dict, work: Path, steps: Steps) -> Dict:
         t["cost"] = s.cost(n)
         t["relative_cost_vs_full"] = t["cost"] / full_cost
         t["relative_cost_vs_swa"] = t["cost"] / swa_cost
-    decoded = [t for t in targets if t["decode"]]
-    steps.total += (1 + (len(targets) - 1) + 2 * sum(len(t["lengths"]) * len(t["seeds"])
-                                                     for t in targets) + 1 + 4 * len(decoded))
+    return full_cost, swa_cost
 
-    # the full model as it is
+
+def evaluate_before(cfg: Dict, data: Path, ckpt: Path, targets: List[Dict], split: Dict,
+                    steps: Steps) -> Tuple[Dict, str]:
+    """The full model as it is, then every target with no training (``--model-overrides``; the
+    full control is the full model itself), into each target's ``before``. Returns (the full
+    model's score, its command)."""
     text = steps.run("eval_full", eval_command(cfg, data, ckpt, None), "evaluating full")
     full_score = score(text, split)
-    metric = full_score["metric"]
-    full_info.update(value=full_score["value"], eval_tokens_per_s=full_score["eval_tokens_per_s"],
-                     eval_symbols=full_score["eval_symbols"], relative_cost_vs_swa=full_cost /
-                     swa_cost, command=steps.commands[-1]["command"])
-    # no training: every target through --model-overrides
+    command = steps.last_command
     for t in targets:
         if t["overrides"]["attn_pattern"] == "full":
             t["before"] = dict(full_score)
@@ -830,69 +879,99 @@ def run(args, cfg: Dict, work: Path, steps: Steps) -> Dict:
         text = steps.run(f"eval_{t['slug']}_before",
                          eval_command(cfg, data, ckpt, t["overrides"]),
                          f"evaluating {t['name']} (no training)")
-        t["before"] = score(text, split) | {"command": steps.commands[-1]["command"]}
-    # fine-tuning under every target, at its lengths and seeds, then evaluation again
-    for t in targets:
-        t["runs"] = []
-        for updates in t["lengths"]:
-            for seed in t["seeds"]:
-                tag = f"{t['slug']}_ft{updates}_seed{seed}"
-                save = _fresh(work / "checkpoints" / tag)
-                cmd = finetune_command(ck, cfg, data, ckpt, t["overrides"], save, tb / tag,
-                                       updates, seed)
-                t0 = time.time()
-                text = steps.run(f"finetune_{tag}", cmd, f"fine-tuning {t['name']} ({updates} "
-                                                         f"updates, seed {seed})",
-                                 total_updates=updates)
-                tr = parse_train_summary(text)
-                ft = {"updates": tr.get("updates"), "wall_s": round(time.time() - t0, 1),
-                      "train_loss_base2": tr.get("train_loss_base2"),
-                      "train_tokens_per_s": tr.get("train_tokens_per_s"),
-                      "command": steps.commands[-1]["command"]}
-                text = steps.run(f"eval_{tag}",
-                                 eval_command(cfg, data, save / "checkpoint_last.pt", None),
-                                 f"evaluating {t['name']} ({updates} FT updates, seed {seed})")
-                t["runs"].append({"updates": updates, "seed": seed, "finetune": ft,
-                                  "checkpoint": save / "checkpoint_last.pt",
-                                  "after": score(text, split)
-                                  | {"command": steps.commands[-1]["command"]}})
-        t["after"] = {str(u): mean_std([r["after"]["value"] for r in t["runs"]
-                                        if r["updates"] == u]) for u in t["lengths"]}
-    # decode-time evaluation: as trained and with full-attention decode
-    dec_rows = []
+        t["before"] = score(text, split) | {"command": steps.last_command}
+    return full_score, command
 
-    def decode(name: str, tag: str, ckpt_path: Path, ov: Dict) -> Dict:
-        text = steps.run(f"decode_{tag}", decode_eval_command(cfg, data, ckpt_path, ov),
-                         f"decode-time evaluation: {name}")
-        return parse_decode_eval(text) | {"command": steps.commands[-1]["command"]}
 
-    dec_rows.append({"target": "full (no adaptation)", "checkpoint": "pretrained",
-                     "as_trained": decode("full", "full", ckpt, {}), "full_decode": None})
+def finetune_target(t: Dict, ck: Dict, cfg: Dict, data: Path, ckpt: Path, split: Dict,
+                    work: Path, steps: Steps) -> None:
+    """Fine-tune ``t`` from the full checkpoint at each of its lengths and seeds, evaluating
+    each run: ``t['runs']`` (one record a run) and ``t['after']`` (mean and spread over seeds
+    per length)."""
+    t["runs"] = []
+    for updates in t["lengths"]:
+        for seed in t["seeds"]:
+            t["runs"].append(finetune_run(t, updates, seed, ck, cfg, data, ckpt, split, work,
+                                          steps))
+    t["after"] = {str(u): mean_std([r["after"]["value"] for r in t["runs"]
+                                    if r["updates"] == u]) for u in t["lengths"]}
+
+
+def finetune_run(t: Dict, updates: int, seed: int, ck: Dict, cfg: Dict, data: Path, ckpt: Path,
+                 split: Dict, work: Path, steps: Steps) -> Dict:
+    """One fine-tuning run of ``t`` (``updates`` updates, ``seed``) and its evaluation:
+    {updates, seed, finetune (its training), checkpoint, after (its score and command)}."""
+    tag = f"{t['slug']}_ft{updates}_seed{seed}"
+    save = _fresh(work / "checkpoints" / tag)
+    cmd = finetune_command(ck, cfg, data, ckpt, t["overrides"], save, work / "tb" / tag,
+                           updates, seed)
+    t0 = time.time()
+    text = steps.run(f"finetune_{tag}", cmd, f"fine-tuning {t['name']} ({updates} "
+                                             f"updates, seed {seed})",
+                     total_updates=updates)
+    tr = parse_train_summary(text)
+    ft = {"updates": tr.get("updates"), "wall_s": round(time.time() - t0, 1),
+          "train_loss_base2": tr.get("train_loss_base2"),
+          "train_tokens_per_s": tr.get("train_tokens_per_s"),
+          "command": steps.last_command}
+    text = steps.run(f"eval_{tag}",
+                     eval_command(cfg, data, save / "checkpoint_last.pt", None),
+                     f"evaluating {t['name']} ({updates} FT updates, seed {seed})")
+    return {"updates": updates, "seed": seed, "finetune": ft,
+            "checkpoint": save / "checkpoint_last.pt",
+            "after": score(text, split) | {"command": steps.last_command}}
+
+
+def decode_one(steps: Steps, cfg: Dict, data: Path, name: str, tag: str, ckpt_path: Path,
+               ov: Dict) -> Dict:
+    """One decode-time evaluation (:func:`decode_eval_command` under the overrides ``ov``):
+    {bits_per_token, tokens, command}."""
+    text = steps.run(f"decode_{tag}", decode_eval_command(cfg, data, ckpt_path, ov),
+                     f"decode-time evaluation: {name}")
+    return parse_decode_eval(text) | {"command": steps.last_command}
+
+
+def decode_rows(decoded: List[Dict], cfg: Dict, data: Path, ckpt: Path,
+                steps: Steps) -> List[Dict]:
+    """The decode-time table: the full model, then each target of ``decoded`` with no training
+    and after its first fine-tuning run, as trained and with full-attention decode."""
+    rows = [{"target": "full (no adaptation)", "checkpoint": "pretrained",
+             "as_trained": decode_one(steps, cfg, data, "full", "full", ckpt, {}),
+             "full_decode": None}]
     for t in decoded:
         first = t["runs"][0]
         for label, path, ov, tag in (
                 ("no training", ckpt, t["overrides"], t["slug"]),
                 (f"{first['updates']} FT updates, seed {first['seed']}", first["checkpoint"], {},
                  f"{t['slug']}_ft{first['updates']}_seed{first['seed']}")):
-            dec_rows.append({
+            rows.append({
                 "target": t["name"], "checkpoint": label,
-                "as_trained": decode(f"{t['name']}, {label}", tag, path, ov),
-                "full_decode": decode(f"{t['name']}, {label}, full-attention decode",
-                                      f"{tag}_full_decode", path,
-                                      dict(ov, decode_full_attention=True))})
+                "as_trained": decode_one(steps, cfg, data, f"{t['name']}, {label}", tag, path, ov),
+                "full_decode": decode_one(steps, cfg, data,
+                                          f"{t['name']}, {label}, full-attention decode",
+                                          f"{tag}_full_decode", path,
+                                          dict(ov, decode_full_attention=True))})
+    return rows
+
+
+def adaptation_record(cfg: Dict, matched: Dict, metric: str, source: str, data: Path,
+                      split: Dict, ck: Dict, full_info: Dict, targets: List[Dict],
+                      dec_rows: List[Dict], steps: Steps) -> Dict:
+    """The result of :func:`run` from its stages (checkpoint paths made portable)."""
     for t in targets:
         for r in t["runs"]:
             r["checkpoint"] = portable_path(str(r["checkpoint"]), steps.roots)
     rows = [{k: t[k] for k in ("name", "overrides", "windows", "schedule", "cost",
                                "relative_cost_vs_full", "relative_cost_vs_swa", "before", "runs",
                                "after")} for t in targets]
+    n = cfg["segment"]
     return {
         "metric": metric,
         "config": cfg,
         "mswa_match": {k: matched[k] for k in ("base", "how", "relative_cost")},
         "corpus": {"source": portable_path(source, steps.roots),
                    "data": portable_path(str(data), steps.roots), "test_split": split},
-        "model": {"arch": ck["arch"], "layers": layers, "heads": heads,
+        "model": {"arch": ck["arch"], "layers": ck["layers"], "heads": ck["heads"],
                   "embed_dim": int(ck["model"].decoder_embed_dim), "vocab": ck["vocab"]},
         "full": full_info,
         "rows": rows,

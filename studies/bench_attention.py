@@ -23,7 +23,6 @@ nothing about tiles.
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -34,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from fairseq_mswa.kernels.window_attention import select_backend, window_attention
-from studies.run_utils import commit_text, load_average, provenance, script_command, write_text_atomic
+from studies.run_utils import commit_text, load_average, provenance, script_command, write_result
 from fairseq_mswa.schedule import build_schedule
 
 LAYERS, HEADS, HEAD_DIM, BASE = 12, 8, 64, 128
@@ -513,12 +512,7 @@ def main(argv=None):
     }
     if args.tiny:
         result["tiny_dense_vs_blocked"] = tiny(max(args.reps, 10), args.device)
-    md = markdown(result)
-    print(md)
-    if args.json:
-        write_text_atomic(args.json, json.dumps(result, indent=1) + "\n")
-    if args.md:
-        write_text_atomic(args.md, md)
+    write_result(result, args.json, args.md, markdown(result))
     return result
 
 
@@ -529,12 +523,7 @@ def tile_main(args, prov) -> dict:
                        args.reps, quick=args.device != "cuda", budget_s=args.budget_s)
     prov["machine"]["load_average_at_end"] = load_average()
     result = {**prov, "wall_s": round(time.time() - t0, 1), "sweep": sweep}
-    md = tile_markdown(result)
-    print(md)
-    if args.json:
-        write_text_atomic(args.json, json.dumps(result, indent=1) + "\n")
-    if args.md:
-        write_text_atomic(args.md, md)
+    write_result(result, args.json, args.md, tile_markdown(result))
     return result
 
 

@@ -31,7 +31,6 @@ the context sweep's points from 1,024 up, each the median of its per-rep ratios;
 """
 
 import argparse
-import json
 import statistics
 import time
 
@@ -41,7 +40,7 @@ from tqdm import tqdm
 from fairseq_mswa.allocator import ALLOCATOR_HELP, apply_for_run
 from studies.arch import DictionaryTask, build_arch_model
 from studies.stats import paired_ratio
-from studies.run_utils import commit_text, provenance, script_command, write_text_atomic
+from studies.run_utils import commit_text, provenance, script_command, write_result
 
 PATTERNS = ("full", "swa", "mswa")
 SHAPES = {
@@ -336,8 +335,7 @@ def main(argv=None):
                                                 "decode_tps_mswa_over_swa",
                                                 "decode_tps_full_over_mswa_16k", "ratio_points")}
     md = markdown(result)
-    write_text_atomic(args.json, json.dumps(result, indent=1) + "\n")
-    write_text_atomic(args.md, md)
+    write_result(result, args.json, args.md, md, echo=False)
     print(md)
     return result
 

@@ -33,7 +33,6 @@ never asserted.
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -50,7 +49,7 @@ from fairseq_mswa.allocator import ALLOCATOR_HELP, apply_for_run
 from studies.arch import DictionaryTask, build_arch_model
 from fairseq_mswa.modules.xl_attention import RelMultiheadWindowAttention
 from studies.stats import paired_ratio
-from studies.run_utils import commit_text, load_average, provenance, script_command, write_text_atomic
+from studies.run_utils import commit_text, load_average, provenance, script_command, write_result
 from fairseq_mswa.schedule import build_schedule
 from fairseq_mswa.stream import StreamState
 
@@ -486,7 +485,8 @@ def markdown(result) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python scripts/bench_train.py``."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny shapes, 2 reps: checks that it runs")
     p.add_argument("--shapes", default=None,
@@ -518,7 +518,13 @@ def main(argv=None):
                    help="where the models train (cuda: the first GPU; timings synchronise it)")
     p.add_argument("--json", default=None, help="write the results as JSON here")
     p.add_argument("--md", default=None, help="write the markdown table here")
-    args = p.parse_args(argv)
+    return p
+
+
+def resolve_shapes(p: argparse.ArgumentParser, args) -> dict:
+    """{shape name: shape} to time, from --quick / --shapes (default: every shape on CPU, the
+    paper's on CUDA), the paper (or quick) shape with the command line's overrides and
+    --variants; checks the options (``p.error`` names a bad one) and sets --reps' default."""
     variants = [v for v in args.variants.split(",") if v]
     bad = [v for v in variants if v not in VARIANTS]
     if bad:
@@ -544,52 +550,66 @@ def main(argv=None):
         args.reps = 2 if args.quick else 5
     if args.reps < 1 or args.warmup < 1:
         p.error("--reps and --warmup must be >= 1 (the first step allocates; memory needs one segment)")
-
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device here (drop the flag to run on CPU)")
-    torch.set_num_threads(args.threads)
-    prov = provenance(script_command("bench_train.py", argv), args.device, torch.get_num_threads())
-    allocator = apply_for_run(args.release_freed_memory)
-    info = prov["machine"]
-    t0 = time.time()
-    rows, profiles, rat, targets, flops, layouts = [], {}, {}, {}, {}, {}
-    attn = None
-    for name, shape in shapes.items():
-        measured = run_shape(args, name, shape)
-        rows += measured["rows"]
-        profiles.update(measured["profiles"])
-        values, tg = ratios(measured["rows"], name, shape)
-        rat.update(values)
-        targets.update(tg)
-        segments = measured["segments"]
-        flops.update({f"{name}:{v}@{n}": shape["batch"] * step_flops(v, shape, n, args.vocab)
-                      for v in shape["variants"] for n in segments})
-        hi = segments[-1]
-        if not args.no_layouts:
-            for seg in segments:
-                print(f"layouts of {name}'s MSWA layers, segment {seg} ...", file=sys.stderr)
-                layouts[f"{name}@{seg}"] = time_layouts(shape, seg, args.reps, args.warmup, args.device)
-        if f"{name}:xl_full@{hi}" in flops and f"{name}:transformer_lm@{hi}" in flops:
-            rat[f"full_over_transformer_lm_{hi}_inherent"] = (flops[f"{name}:transformer_lm@{hi}"]
-                                                              / flops[f"{name}:xl_full@{hi}"])
-            targets[f"full_over_transformer_lm_{hi}_inherent"] = None
-        if name in ("paper", "quick") and {"xl_swa", "xl_mswa"} <= set(shape["variants"]):
-            for seg in segments:
-                rat[f"mswa_over_swa_{seg}_flops"] = (flops[f"{name}:xl_swa@{seg}"]
-                                                     / flops[f"{name}:xl_mswa@{seg}"])
-                targets[f"mswa_over_swa_{seg}_flops"] = None
-            if not args.no_attn_layers:
-                print(f"attention layers alone ({name}), segment {hi} ...", file=sys.stderr)
-                attn = time_attention_layers(shape, hi, args.reps, args.warmup, args.device)
-                attn["shape"] = name
-                rat["attn_layers_mswa_over_swa_time"] = attn["mswa_over_swa_time"]
-                targets["attn_layers_mswa_over_swa_time"] = None
-                rat["attn_core_mswa_over_swa_time"] = attn["core_mswa_over_swa_time"]
-                targets["attn_core_mswa_over_swa_time"] = ATTN_TARGET
-                rat["attn_layers_mswa_over_swa_flops"] = (attention_layer_flops("mswa", shape, hi)
-                                                         / attention_layer_flops("swa", shape, hi))
-                targets["attn_layers_mswa_over_swa_flops"] = None
-    info["load_average_at_end"] = load_average()
+    return shapes
+
+
+def measure_shape(args, name: str, shape: dict, m: dict) -> None:
+    """Time one shape into the run's measurements ``m`` (rows, profiles, ratios, targets, flops,
+    layouts, attn): every variant and segment (:func:`run_shape`), its ratios and needed FLOPs,
+    its MSWA layers' layouts (unless --no-layouts), and for the paper (or quick) shape the FLOPs
+    ratios and the attention layers alone (:func:`measure_attention`)."""
+    measured = run_shape(args, name, shape)
+    m["rows"] += measured["rows"]
+    m["profiles"].update(measured["profiles"])
+    values, tg = ratios(measured["rows"], name, shape)
+    m["ratios"].update(values)
+    m["targets"].update(tg)
+    segments = measured["segments"]
+    flops, rat, targets = m["flops"], m["ratios"], m["targets"]
+    flops.update({f"{name}:{v}@{n}": shape["batch"] * step_flops(v, shape, n, args.vocab)
+                  for v in shape["variants"] for n in segments})
+    hi = segments[-1]
+    if not args.no_layouts:
+        for seg in segments:
+            print(f"layouts of {name}'s MSWA layers, segment {seg} ...", file=sys.stderr)
+            m["layouts"][f"{name}@{seg}"] = time_layouts(shape, seg, args.reps, args.warmup, args.device)
+    if f"{name}:xl_full@{hi}" in flops and f"{name}:transformer_lm@{hi}" in flops:
+        rat[f"full_over_transformer_lm_{hi}_inherent"] = (flops[f"{name}:transformer_lm@{hi}"]
+                                                          / flops[f"{name}:xl_full@{hi}"])
+        targets[f"full_over_transformer_lm_{hi}_inherent"] = None
+    if name in ("paper", "quick") and {"xl_swa", "xl_mswa"} <= set(shape["variants"]):
+        for seg in segments:
+            rat[f"mswa_over_swa_{seg}_flops"] = (flops[f"{name}:xl_swa@{seg}"]
+                                                 / flops[f"{name}:xl_mswa@{seg}"])
+            targets[f"mswa_over_swa_{seg}_flops"] = None
+        if not args.no_attn_layers:
+            measure_attention(args, name, shape, hi, m)
+
+
+def measure_attention(args, name: str, shape: dict, hi: int, m: dict) -> None:
+    """The XL attention layers of ``shape`` alone at segment ``hi``
+    (:func:`time_attention_layers`) into ``m['attn']``, with their time and FLOPs ratios."""
+    print(f"attention layers alone ({name}), segment {hi} ...", file=sys.stderr)
+    attn = time_attention_layers(shape, hi, args.reps, args.warmup, args.device)
+    attn["shape"] = name
+    m["attn"] = attn
+    rat, targets = m["ratios"], m["targets"]
+    rat["attn_layers_mswa_over_swa_time"] = attn["mswa_over_swa_time"]
+    targets["attn_layers_mswa_over_swa_time"] = None
+    rat["attn_core_mswa_over_swa_time"] = attn["core_mswa_over_swa_time"]
+    targets["attn_core_mswa_over_swa_time"] = ATTN_TARGET
+    rat["attn_layers_mswa_over_swa_flops"] = (attention_layer_flops("mswa", shape, hi)
+                                             / attention_layer_flops("swa", shape, hi))
+    targets["attn_layers_mswa_over_swa_flops"] = None
+
+
+def result_record(args, prov: dict, shapes: dict, allocator, wall_s: float, m: dict) -> dict:
+    """The run's record: provenance, setup, every ratio (with its spread, target and pass) and
+    at the top level its median, the rows, attention layers, layouts (with the plan's refit)
+    and the needed GFLOPs per step."""
+    rat, targets, layouts, flops = m["ratios"], m["targets"], m["layouts"], m["flops"]
     top = {k: (v["median"] if isinstance(v, dict) else v) for k, v in rat.items()}
     result = {
         **prov,  # command, git_commit, git_dirty, date, machine (with the load at the end)
@@ -601,7 +621,7 @@ def main(argv=None):
         "reps": args.reps,
         "warmup": args.warmup,
         "allocator": allocator,
-        "wall_s": round(time.time() - t0, 1),
+        "wall_s": wall_s,
         "note": "all tokens/s and ratios measured in this one run: per shape and segment length "
                 "the variants are timed interleaved step by step (order alternating); a step is "
                 "forward + backward + Adam on one batch of segments",
@@ -614,8 +634,8 @@ def main(argv=None):
                             "efficiency",
         "targets": targets,
         "pass": {k: check(top[k], targets[k]) for k in rat},
-        "rows": rows,
-        "attention_layers": attn,
+        "rows": m["rows"],
+        "attention_layers": m["attn"],
         "layouts": layouts,
         "layouts_auto_picks_faster": (sum(x["auto"] == x["faster"] for v in layouts.values() for x in v),
                                       sum(len(v) for v in layouts.values())),
@@ -630,14 +650,26 @@ def main(argv=None):
     # every ratio at the top level too (its median), one key each
     for name, value in top.items():
         result.setdefault(name, value)
-    if profiles:
-        result["profiles"] = profiles
-    md = markdown(result)
-    print(md)
-    if args.json:
-        write_text_atomic(args.json, json.dumps(result, indent=1) + "\n")
-    if args.md:
-        write_text_atomic(args.md, md)
+    if m["profiles"]:
+        result["profiles"] = m["profiles"]
+    return result
+
+
+def main(argv=None):
+    p = build_parser()
+    args = p.parse_args(argv)
+    shapes = resolve_shapes(p, args)
+    torch.set_num_threads(args.threads)
+    prov = provenance(script_command("bench_train.py", argv), args.device, torch.get_num_threads())
+    allocator = apply_for_run(args.release_freed_memory)
+    t0 = time.time()
+    m = {"rows": [], "profiles": {}, "ratios": {}, "targets": {}, "flops": {}, "layouts": {},
+         "attn": None}
+    for name, shape in shapes.items():
+        measure_shape(args, name, shape, m)
+    prov["machine"]["load_average_at_end"] = load_average()
+    result = result_record(args, prov, shapes, allocator, round(time.time() - t0, 1), m)
+    write_result(result, args.json, args.md, markdown(result))
     return result
 
 

@@ -274,72 +274,123 @@ def _paper_claims(table: int, paper: Dict, study: Dict) -> List[Dict]:
 def summarize(items: List[Item], study: Dict, paper: Dict, data_dir: Path) -> Dict:
     """Rows (per-seed bpc and curves, mean and std), pairs (paired differences and verdicts) and
     the study's status, from the result JSONs that exist."""
-    rep = _reproduce()
     confidence = float(study.get("confidence", 0.95))
     flat = float(study.get("flat_bpc", 0.01))
     dataset = items[0].run.dataset if items else None
-    prepared = Path(data_dir) / dataset / "prepared.json" if dataset else None
-    corpus_info = (json.loads(prepared.read_text(encoding="utf-8"))
-                   if prepared and prepared.is_file() else {})
+    corpus_info = load_corpus_info(data_dir, dataset)
     splits = corpus_info.get("splits", {})
+    results = load_results(items)
+    rows = summarize_rows(items, study, results, splits, flat)
+    pairs, pooled = judge_pairs(paper_pairs(rows, study, paper), confidence)
+    owners = [i for i in items if i.shared is None]
+    m = owners[0].run.meta if owners else {}
+    return {
+        "corpus": corpus_record(dataset, corpus_info, m),
+        "setup": {k: m.get(k) for k in ("layers", "heads", "embed_dim", "segment",
+                                         "tokens_per_update", "max_update", "arch", "scale",
+                                         "factor")},
+        "rows": rows, "pairs": pairs,
+        "run_torch_threads": sorted({str((r.get("machine") or {}).get("torch_threads"))
+                                     for r in results.values()}),
+        "statistics": {
+            "diff": "bpc[b] - bpc[a] at the same seed; a is the paper's better row, so a "
+                    "positive difference agrees with the paper",
+            "confidence": confidence,
+            "verdict": "holds: the confidence interval of the mean difference lies above 0; "
+                       "reversed: below 0; within noise: it contains 0",
+            **pooled,
+            "flat_bpc": flat,
+            "tail": "least-squares slope of the validation curve over the last 10 % of updates",
+        },
+        "status": study_status(items, study, rows),
+    }
+
+
+def load_corpus_info(data_dir: Path, dataset: Optional[str]) -> Dict:
+    """The corpus's ``prepared.json`` (source, plays, splits' bytes and symbols) under
+    ``data_dir``; {} when there is none."""
+    prepared = Path(data_dir) / dataset / "prepared.json" if dataset else None
+    return (json.loads(prepared.read_text(encoding="utf-8"))
+            if prepared and prepared.is_file() else {})
+
+
+def load_results(items: List[Item]) -> Dict[Path, Dict]:
+    """{result path: its JSON} of every item whose run has finished (a shared run once)."""
     results: Dict[Path, Dict] = {}
     for it in items:
         p = it.result
         if p not in results and p.is_file():
             results[p] = json.loads(p.read_text(encoding="utf-8"))
+    return results
 
-    # rows, in the tables' own row order
+
+def seed_record(it: Item, res: Dict, splits: Dict, flat: float) -> Dict:
+    """One finished seed of a row: its test bpc, validation curve and the curve's tail (``flat``
+    when it changes by less than ``flat`` bpc), updates, times and where it came from."""
+    curve = valid_curve_bpc(res, splits.get("valid", {}))
+    tail = tail_change(curve)
+    tr = res.get("train", {})
+    return {
+        "seed": it.seed, "bpc": round(res["value"], 5), "curve": curve,
+        "tail": tail, "flat": None if tail is None else abs(tail["change_bpc"]) < flat,
+        "updates": tr.get("updates"), "train_wall_s": tr.get("wall_s"),
+        "eval_wall_s": res.get("eval_wall_s"), "train_tokens_per_s":
+            res.get("train_tokens_per_s"), "finished": res.get("finished"),
+        "git_commit": res.get("git_commit"),
+        "run": str(portable(str(it.result))),
+    }
+
+
+def row_record(table: int, name: str, its: List[Item], seeds: List[Dict]) -> Dict:
+    """One (table, row) of the report from its items (seed order) and finished ``seeds``
+    (:func:`seed_record`): cost, status, mean and std of the bpc, the mean tail change."""
+    mean, std = mean_and_std([s["bpc"] for s in seeds])
+    first = its[0]
+    shared = sorted({f"Table {i.shared.table} / {i.shared.row['row']}" for i in its
+                     if i.shared is not None})
+    planned = len(its)
+    done = len(seeds)
+    status = ("complete" if done == planned else "not run" if done == 0
+              else f"partial: {done} of {planned} seeds")
+    tails = [s["tail"]["change_bpc"] for s in seeds if s["tail"]]
+    w = first.run.meta["cost"]["windows"]
+    return {
+        "table": table, "row": name, "row_id": first.row["id"],
+        "windows": None if not w else ("full" if w[0] is None else w),
+        "relative_cost": round(first.run.meta["cost"]["relative_cost"], 4),
+        "planned_seeds": [i.seed for i in its], "n_seeds": done, "status": status,
+        "label": ("one seed (no spread)" if planned == 1 else f"{planned} seeds planned"),
+        "same_run_as": shared[0] if shared else None,
+        "mean_bpc": None if mean is None else round(mean, 5),
+        "std_bpc": None if std is None else round(std, 5),
+        "mean_tail_change_bpc": None if not tails else round(sum(tails) / len(tails), 5),
+        "seeds": seeds,
+    }
+
+
+def summarize_rows(items: List[Item], study: Dict, results: Dict[Path, Dict], splits: Dict,
+                   flat: float) -> List[Dict]:
+    """Every (table, row) of the study as :func:`row_record`, in the tables' own row order
+    (the study's tables first to last), its seeds from ``results``."""
     by_row: Dict[Tuple[int, str], List[Item]] = {}
     for it in items:
         by_row.setdefault((it.table, it.row["row"]), []).append(it)
     order = {}
     for t in study["tables"]:
-        for k, r in enumerate(rep.load_table(int(t))["rows"]):
+        for k, r in enumerate(_reproduce().load_table(int(t))["rows"]):
             order[(int(t), r["row"])] = (study["tables"].index(t), k)
     rows = []
     for (table, name) in sorted(by_row, key=lambda k: order.get(k, (99, 99))):
         its = sorted(by_row[(table, name)], key=lambda i: i.seed)
-        seeds = []
-        for it in its:
-            res = results.get(it.result)
-            if res is None:
-                continue
-            curve = valid_curve_bpc(res, splits.get("valid", {}))
-            tail = tail_change(curve)
-            tr = res.get("train", {})
-            seeds.append({
-                "seed": it.seed, "bpc": round(res["value"], 5), "curve": curve,
-                "tail": tail, "flat": None if tail is None else abs(tail["change_bpc"]) < flat,
-                "updates": tr.get("updates"), "train_wall_s": tr.get("wall_s"),
-                "eval_wall_s": res.get("eval_wall_s"), "train_tokens_per_s":
-                    res.get("train_tokens_per_s"), "finished": res.get("finished"),
-                "git_commit": res.get("git_commit"),
-                "run": str(portable(str(it.result))),
-            })
-        mean, std = mean_and_std([s["bpc"] for s in seeds])
-        first = its[0]
-        shared = sorted({f"Table {i.shared.table} / {i.shared.row['row']}" for i in its
-                         if i.shared is not None})
-        planned = len(its)
-        done = len(seeds)
-        status = ("complete" if done == planned else "not run" if done == 0
-                  else f"partial: {done} of {planned} seeds")
-        tails = [s["tail"]["change_bpc"] for s in seeds if s["tail"]]
-        w = first.run.meta["cost"]["windows"]
-        rows.append({
-            "table": table, "row": name, "row_id": first.row["id"],
-            "windows": None if not w else ("full" if w[0] is None else w),
-            "relative_cost": round(first.run.meta["cost"]["relative_cost"], 4),
-            "planned_seeds": [i.seed for i in its], "n_seeds": done, "status": status,
-            "label": ("one seed (no spread)" if planned == 1 else f"{planned} seeds planned"),
-            "same_run_as": shared[0] if shared else None,
-            "mean_bpc": None if mean is None else round(mean, 5),
-            "std_bpc": None if std is None else round(std, 5),
-            "mean_tail_change_bpc": None if not tails else round(sum(tails) / len(tails), 5),
-            "seeds": seeds,
-        })
+        seeds = [seed_record(it, results[it.result], splits, flat) for it in its
+                 if results.get(it.result) is not None]
+        rows.append(row_record(table, name, its, seeds))
+    return rows
 
-    # pairs: the paper's orderings, paired by seed
+
+def paper_pairs(rows: List[Dict], study: Dict, paper: Dict) -> List[Tuple]:
+    """The paper's orderings (:func:`_paper_claims`) between rows of the study, paired by seed:
+    (table, claim, common seeds, bpc[b] - bpc[a] per seed, (a's runs, b's runs))."""
     index = {(r["table"], r["row"]): r for r in rows}
     raw_pairs = []
     for t in study["tables"]:
@@ -353,7 +404,14 @@ def summarize(items: List[Item], study: Dict, paper: Dict, data_dir: Path) -> Di
             diffs = [sb[s] - sa[s] for s in common]
             runs = (tuple(x["run"] for x in ra["seeds"]), tuple(x["run"] for x in rb["seeds"]))
             raw_pairs.append((int(t), c, common, diffs, runs))
-    # the pooled spread counts each pair of runs once (Table 2's MSWA vs SWA is Table 5's)
+    return raw_pairs
+
+
+def judge_pairs(raw_pairs: List[Tuple], confidence: float) -> Tuple[List[Dict], Dict]:
+    """Each pair of :func:`paper_pairs` judged (:func:`studies.stats.judge`: its own Student-t
+    interval, a one-seed pair against the pooled spread), and the pooled spread itself
+    ({pooled_std_diff, pooled_df, pooled_pairs}), which counts each pair of runs once (Table
+    2's MSWA vs SWA is Table 5's)."""
     once = {runs: d for _, _, _, d, runs in raw_pairs if len(d) >= 2}
     multi = [(len(d) - 1, mean_and_std(d)[1]) for d in once.values()]
     pooled_df = sum(df for df, _ in multi)
@@ -370,8 +428,29 @@ def summarize(items: List[Item], study: Dict, paper: Dict, data_dir: Path) -> Di
             "ci": None if lo is None else [round(lo, 5), round(hi, 5)],
             "verdict": verdict, "basis": basis,
         })
+    return pairs, {"pooled_std_diff": None if pooled_sd is None else round(pooled_sd, 5),
+                   "pooled_df": pooled_df, "pooled_pairs": len(multi)}
 
-    threads = sorted({str((r.get("machine") or {}).get("torch_threads")) for r in results.values()})
+
+def corpus_record(dataset: Optional[str], corpus_info: Dict, meta: Dict) -> Dict:
+    """The corpus as the report states it: name, source, split sizes and the epochs a run
+    trains (``meta``: a run's plan, its updates and tokens per update)."""
+    splits = corpus_info.get("splits", {})
+    train_bytes = splits.get("train", {}).get("bytes")
+    max_update = meta.get("max_update")
+    return {
+        "name": dataset, "train_bytes": train_bytes, "source": corpus_info.get("source"),
+        "plays": corpus_info.get("plays"), "source_sha256": corpus_info.get("archive_sha256"),
+        "valid_bytes": splits.get("valid", {}).get("bytes"),
+        "test_bytes": splits.get("test", {}).get("bytes"),
+        "epochs": (None if not (train_bytes and max_update) else
+                   round(max_update * meta["tokens_per_update"] / train_bytes, 3)),
+    }
+
+
+def study_status(items: List[Item], study: Dict, rows: List[Dict]) -> Dict:
+    """How far the study is: runs planned and finished (shared runs counted once), rows
+    complete / partial / not run, and the same per queue block."""
     owners = [i for i in items if i.shared is None]
     done_runs = sum(1 for i in owners if i.run.result.is_file())
     blocks = []
@@ -383,43 +462,14 @@ def summarize(items: List[Item], study: Dict, paper: Dict, data_dir: Path) -> Di
                        "planned_runs": len(own),
                        "finished_runs": sum(1 for i in own if i.run.result.is_file()),
                        "shared_runs": len(mine) - len(own)})
-    m = owners[0].run.meta if owners else {}
-    train_bytes = splits.get("train", {}).get("bytes")
-    max_update = m.get("max_update")
     return {
-        "corpus": {
-            "name": dataset, "train_bytes": train_bytes, "source": corpus_info.get("source"),
-            "plays": corpus_info.get("plays"), "source_sha256": corpus_info.get("archive_sha256"),
-            "valid_bytes": splits.get("valid", {}).get("bytes"),
-            "test_bytes": splits.get("test", {}).get("bytes"),
-            "epochs": (None if not (train_bytes and max_update) else
-                       round(max_update * m["tokens_per_update"] / train_bytes, 3)),
-        },
-        "setup": {k: m.get(k) for k in ("layers", "heads", "embed_dim", "segment",
-                                         "tokens_per_update", "max_update", "arch", "scale",
-                                         "factor")},
-        "rows": rows, "pairs": pairs, "run_torch_threads": threads,
-        "statistics": {
-            "diff": "bpc[b] - bpc[a] at the same seed; a is the paper's better row, so a "
-                    "positive difference agrees with the paper",
-            "confidence": confidence,
-            "verdict": "holds: the confidence interval of the mean difference lies above 0; "
-                       "reversed: below 0; within noise: it contains 0",
-            "pooled_std_diff": None if pooled_sd is None else round(pooled_sd, 5),
-            "pooled_df": pooled_df,
-            "pooled_pairs": len(multi),
-            "flat_bpc": flat,
-            "tail": "least-squares slope of the validation curve over the last 10 % of updates",
-        },
-        "status": {
-            "planned_runs": len(owners), "finished_runs": done_runs,
-            "planned_rows": len(rows),
-            "complete_rows": sum(r["status"] == "complete" for r in rows),
-            "partial_rows": sum(r["status"].startswith("partial") for r in rows),
-            "rows_not_run": sum(r["status"] == "not run" for r in rows),
-            "complete": done_runs == len(owners),
-            "queue": blocks,
-        },
+        "planned_runs": len(owners), "finished_runs": done_runs,
+        "planned_rows": len(rows),
+        "complete_rows": sum(r["status"] == "complete" for r in rows),
+        "partial_rows": sum(r["status"].startswith("partial") for r in rows),
+        "rows_not_run": sum(r["status"] == "not run" for r in rows),
+        "complete": done_runs == len(owners),
+        "queue": blocks,
     }
 
 

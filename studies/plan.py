@@ -225,18 +225,13 @@ def markdown(result: Dict) -> str:
 
 def write(result: Dict, json_path: Optional[str], md_path: Optional[str], command: str) -> str:
     """Stamp ``result`` with the command, commit, date and machine; write JSON / Markdown."""
-    import json
-
-    from .run_utils import git_commit, machine_info, write_text_atomic
+    from .run_utils import git_commit, machine_info, write_result
 
     result.update(command=command, git_commit=git_commit(REPO),
                   date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                   machine=machine_info("cpu"))
     md = markdown(result)
-    if json_path:
-        write_text_atomic(json_path, json.dumps(result, indent=1) + "\n")
-    if md_path:
-        write_text_atomic(md_path, md)
+    write_result(result, json_path, md_path, md, echo=False)
     return md
 
 

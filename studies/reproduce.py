@@ -43,7 +43,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import yaml
 
@@ -210,128 +210,199 @@ def load_scale(setup: Dict, name: Optional[str]) -> Optional[Dict]:
     return scales[name]
 
 
+class _Plan(NamedTuple):
+    """What every run of one :func:`plan_runs` call shares."""
+    table: int
+    opts: object
+    setup: Dict
+    family_name: str
+    family: Dict
+    scale: Optional[Dict]  # setup.yaml's scales.<name>; None at paper scale
+    smoke: Optional[Dict]  # setup.yaml's smoke; None unless --smoke
+    factor: int  # the scale's shrink factor (1 at paper scale)
+
+
+class _Batch(NamedTuple):
+    """One dataset's data-bin, segment and batch split (shared by every row of the table)."""
+    dataset: str
+    ds: Dict  # the family's settings of the dataset (the one the scale's rows stand for)
+    data: Path
+    segment: int
+    sequences: int  # sequences per update
+    eval_bs: int
+    gpus: int
+    per_gpu: int
+    update_freq: int
+
+
 def plan_runs(table: int, opts, setup: Dict) -> List[Run]:
+    """Every (dataset, row) run of Table ``table`` as ``opts`` (reproduce's options: rows,
+    datasets, smoke / scale, seed, GPUs, paths) selects it under ``setup`` (setup.yaml), dataset
+    by dataset in row order; ReproError names a bad option."""
     cfg = load_table(table)
     family_name = cfg["family"]
     family = setup["families"][family_name]
     scale = load_scale(setup, getattr(opts, "scale", None))
+    datasets = plan_datasets(cfg, family, scale, opts)
+    rows = select(cfg["rows"], opts.rows)
+    plan = _Plan(table, opts, setup, family_name, family, scale,
+                 setup["smoke"] if opts.smoke else None, int(scale["factor"]) if scale else 1)
+    runs = []
+    for dataset in datasets:
+        batch = dataset_batch(plan, dataset)
+        runs += [plan_row(plan, batch, row) for row in rows]
+    return runs
+
+
+def plan_datasets(cfg: Dict, family: Dict, scale: Optional[Dict], opts) -> List[str]:
+    """The datasets a table runs on: the scale's one, else ``--datasets`` or the table's own
+    (each known to the family); --smoke with --scale is refused."""
     if opts.smoke and scale:
         raise ReproError("--smoke and --scale exclude each other: pick one")
     if scale:
         only = scale["dataset"]
         if opts.datasets and opts.datasets != only:
             raise ReproError(f"--scale {opts.scale} runs every row on {only}: drop --datasets")
-        datasets = [only]
-    else:
-        datasets = opts.datasets.split(",") if opts.datasets else cfg["datasets"]
-        for d in datasets:
-            if d not in family["datasets"]:
-                raise ReproError(f"unknown dataset {d!r}: use {', '.join(family['datasets'])}")
-    rows = select(cfg["rows"], opts.rows)
-    smoke = setup["smoke"] if opts.smoke else None
-    factor = int(scale["factor"]) if scale else 1
-    default_seed = int(setup["train"]["seed"])
-    runs = []
-    for dataset in datasets:
-        ds = family["datasets"][scale["rows_as"] if scale else dataset]
-        if smoke:
-            data = Path(opts.data_dir) / smoke["datasets"][dataset]["corpus"]
-            segment = int(smoke["segment"])
-            sequences = int(smoke["sequences_per_update"])
-            eval_bs = int(smoke["eval_batch_size"])
-        elif scale:
-            data = Path(opts.data_dir) / setup["datasets"][dataset]["data"]
-            if int(family["segment"]) % factor:
-                raise ReproError(f"segment {family['segment']} is not divisible by {factor}")
-            segment = int(family["segment"]) // factor
-            sequences = int(scale["sequences_per_update"][family_name])
-            eval_bs = int(scale["eval_batch_size"][family_name])
-        else:
-            data = Path(opts.data_dir) / setup["datasets"][dataset]["data"]
-            segment = int(family["segment"])
-            if ds["tokens_per_update"] % segment:
-                raise ReproError(f"tokens_per_update {ds['tokens_per_update']} is not a multiple "
-                                 f"of the segment {segment}")
-            sequences = ds["tokens_per_update"] // segment
-            eval_bs = int(family["eval_batch_size"])
-        gpus = max(1, opts.gpus)
-        per_gpu = opts.batch_per_gpu or max(1, sequences // gpus)
-        if sequences % (gpus * per_gpu):
-            raise ReproError(
-                f"{sequences} sequences per update cannot be split over {gpus} GPU(s) x "
-                f"{per_gpu} per GPU: choose --batch-per-gpu dividing {sequences // gpus or 1}"
-            )
-        update_freq = sequences // (gpus * per_gpu)
-        for row in rows:
-            args = dict(row.get("args", {}))
-            if scale:
-                args = scale_args(args, factor, f"table {table} row {row['id']}")
-            arch = row.get("arch") or ds.get("arch")
-            criterion = ds["criterion"]
-            # flags, later ones win: paper setup < family < dataset < smoke / scale < model dims
-            train = dict(setup["train"])
-            train.update(family.get("train") or {})
-            train.update(ds.get("train") or {})
-            if smoke:
-                sds = smoke["datasets"][dataset]
-                train.update(smoke["train"])
-                train.update(sds.get("train") or {})
-                train.update((smoke.get("model") or {}).get(family_name) or {})
-            if scale:
-                train.update(scale.get("train") or {})
-                train.update((scale.get("tables") or {}).get(table) or {})
-                train.update((scale.get("model") or {}).get(family_name) or {})
-            if opts.max_update is not None:
-                train["max-update"] = opts.max_update
-            seed = getattr(opts, "seed", None)
-            if seed is not None:
-                train["seed"] = seed
-            seed = int(train["seed"])
-            if int(train["max-update"]) <= int(train.get("warmup-updates", 0)):
-                # fairseq's cosine period is max-update - warm-up: it must stay positive
-                train["warmup-updates"] = int(train["max-update"]) // 10
-            model = resolve_model(arch, {**train, **args})
-            cost = model_cost(model, segment, 128 // factor)
-            mem = None
-            if family.get("memory") == "per_layer":
-                # the largest memory of any layer, by the model's own rule (memory_lengths)
-                from fairseq_mswa.models.transformer_xl_mswa import memory_lengths
+        return [only]
+    datasets = opts.datasets.split(",") if opts.datasets else cfg["datasets"]
+    for d in datasets:
+        if d not in family["datasets"]:
+            raise ReproError(f"unknown dataset {d!r}: use {', '.join(family['datasets'])}")
+    return datasets
 
-                mem = max(memory_lengths(model_schedule(model)[1], int(model.mem_len), segment))
-            rid = row["id"] + (f"-seed{seed}" if seed != default_seed else "")
-            run_dir = Path(opts.runs_dir) / f"table{table}" / dataset / rid
-            save_dir = Path(opts.save_root) / f"table{table}" / dataset / rid
-            result = Path(opts.results_dir) / f"table{table}" / dataset / f"{rid}.json"
-            common = [str(data), "--user-dir", str(USER_DIR), "--task", family["task"],
-                      "--tokens-per-sample", str(segment)]
-            train_cmd = (
-                [sys.executable, "-m", "fairseq_cli.train"] + common
-                + ["--arch", arch, "--criterion", criterion,
-                   "--batch-size", str(per_gpu), "--update-freq", str(update_freq),
-                   "--save-dir", str(save_dir), "--tensorboard-logdir", str(run_dir / "tb")]
-                + flags(train) + flags(args)
-                + (["--distributed-world-size", str(gpus)] if gpus > 1 else [])
-                + shlex.split(opts.train_args or "")
-            )
-            eval_cmd = (
-                [sys.executable, "-m", "fairseq_cli.eval_lm"] + common
-                + ["--path", str(save_dir / CHECKPOINT), "--gen-subset", "test",
-                   "--batch-size", str(eval_bs), "--log-format", "simple"]
-                + (["--cpu"] if (smoke or scale) else [])
-                + shlex.split(opts.eval_args or "")
-            )
-            meta = {
-                "arch": arch, "criterion": criterion, "segment": segment, "max_memory": mem,
-                "args": args, "gpus": gpus, "batch_per_gpu": per_gpu, "update_freq": update_freq,
-                "tokens_per_update": sequences * segment, "max_update": int(train["max-update"]),
-                "seed": seed, "scale": getattr(opts, "scale", None) or "paper", "factor": factor,
-                "layers": model.decoder_layers, "heads": model.decoder_attention_heads,
-                "embed_dim": model.decoder_embed_dim,
-                "cost": {k: v for k, v in cost.items()},
-            }
-            runs.append(Run(table, dataset, row, train_cmd, eval_cmd, result, run_dir,
-                            save_dir, data, meta))
-    return runs
+
+def dataset_batch(plan: _Plan, dataset: str) -> _Batch:
+    """Data-bin, segment, sequences per update and evaluation batch of ``dataset`` (smoke,
+    scale or the paper's setup), and those sequences split over ``--gpus`` x
+    ``--batch-per-gpu`` with the update frequency that keeps the tokens per update."""
+    opts, setup, family, scale, smoke = plan.opts, plan.setup, plan.family, plan.scale, plan.smoke
+    ds = family["datasets"][scale["rows_as"] if scale else dataset]
+    if smoke:
+        data = Path(opts.data_dir) / smoke["datasets"][dataset]["corpus"]
+        segment = int(smoke["segment"])
+        sequences = int(smoke["sequences_per_update"])
+        eval_bs = int(smoke["eval_batch_size"])
+    elif scale:
+        data = Path(opts.data_dir) / setup["datasets"][dataset]["data"]
+        if int(family["segment"]) % plan.factor:
+            raise ReproError(f"segment {family['segment']} is not divisible by {plan.factor}")
+        segment = int(family["segment"]) // plan.factor
+        sequences = int(scale["sequences_per_update"][plan.family_name])
+        eval_bs = int(scale["eval_batch_size"][plan.family_name])
+    else:
+        data = Path(opts.data_dir) / setup["datasets"][dataset]["data"]
+        segment = int(family["segment"])
+        if ds["tokens_per_update"] % segment:
+            raise ReproError(f"tokens_per_update {ds['tokens_per_update']} is not a multiple "
+                             f"of the segment {segment}")
+        sequences = ds["tokens_per_update"] // segment
+        eval_bs = int(family["eval_batch_size"])
+    gpus = max(1, opts.gpus)
+    per_gpu = opts.batch_per_gpu or max(1, sequences // gpus)
+    if sequences % (gpus * per_gpu):
+        raise ReproError(
+            f"{sequences} sequences per update cannot be split over {gpus} GPU(s) x "
+            f"{per_gpu} per GPU: choose --batch-per-gpu dividing {sequences // gpus or 1}"
+        )
+    return _Batch(dataset, ds, data, segment, sequences, eval_bs, gpus, per_gpu,
+                  sequences // (gpus * per_gpu))
+
+
+def train_settings(plan: _Plan, batch: _Batch) -> Dict:
+    """fairseq-train's settings of a run ({flag: value}), later ones winning: the paper's setup <
+    family < dataset < smoke / scale < model dims < ``--max-update`` / ``--seed``; a warm-up
+    not shorter than the run becomes a tenth of it."""
+    setup, family, scale, smoke, opts = plan.setup, plan.family, plan.scale, plan.smoke, plan.opts
+    train = dict(setup["train"])
+    train.update(family.get("train") or {})
+    train.update(batch.ds.get("train") or {})
+    if smoke:
+        sds = smoke["datasets"][batch.dataset]
+        train.update(smoke["train"])
+        train.update(sds.get("train") or {})
+        train.update((smoke.get("model") or {}).get(plan.family_name) or {})
+    if scale:
+        train.update(scale.get("train") or {})
+        train.update((scale.get("tables") or {}).get(plan.table) or {})
+        train.update((scale.get("model") or {}).get(plan.family_name) or {})
+    if opts.max_update is not None:
+        train["max-update"] = opts.max_update
+    seed = getattr(opts, "seed", None)
+    if seed is not None:
+        train["seed"] = seed
+    if int(train["max-update"]) <= int(train.get("warmup-updates", 0)):
+        # fairseq's cosine period is max-update - warm-up: it must stay positive
+        train["warmup-updates"] = int(train["max-update"]) // 10
+    return train
+
+
+def max_memory(family: Dict, model, segment: int) -> Optional[int]:
+    """The largest memory of any layer by the model's own rule (``memory_lengths``) for a family
+    with per-layer memory; None otherwise."""
+    if family.get("memory") != "per_layer":
+        return None
+    from fairseq_mswa.models.transformer_xl_mswa import memory_lengths
+
+    return max(memory_lengths(model_schedule(model)[1], int(model.mem_len), segment))
+
+
+def row_commands(plan: _Plan, batch: _Batch, arch: str, criterion: str, train: Dict, args: Dict,
+                 save_dir: Path, run_dir: Path) -> Tuple[List[str], List[str]]:
+    """(fairseq-train, fairseq-eval-lm of the best checkpoint on the test split) of one run."""
+    opts = plan.opts
+    common = [str(batch.data), "--user-dir", str(USER_DIR), "--task", plan.family["task"],
+              "--tokens-per-sample", str(batch.segment)]
+    train_cmd = (
+        [sys.executable, "-m", "fairseq_cli.train"] + common
+        + ["--arch", arch, "--criterion", criterion,
+           "--batch-size", str(batch.per_gpu), "--update-freq", str(batch.update_freq),
+           "--save-dir", str(save_dir), "--tensorboard-logdir", str(run_dir / "tb")]
+        + flags(train) + flags(args)
+        + (["--distributed-world-size", str(batch.gpus)] if batch.gpus > 1 else [])
+        + shlex.split(opts.train_args or "")
+    )
+    eval_cmd = (
+        [sys.executable, "-m", "fairseq_cli.eval_lm"] + common
+        + ["--path", str(save_dir / CHECKPOINT), "--gen-subset", "test",
+           "--batch-size", str(batch.eval_bs), "--log-format", "simple"]
+        + (["--cpu"] if (plan.smoke or plan.scale) else [])
+        + shlex.split(opts.eval_args or "")
+    )
+    return train_cmd, eval_cmd
+
+
+def plan_row(plan: _Plan, batch: _Batch, row: Dict) -> Run:
+    """One row on one dataset: its flags (shrunk by the scale), the resolved model, its cost and
+    memory, where its outputs go (``<row id>[-seed<N>]``) and its two commands."""
+    table, opts, factor = plan.table, plan.opts, plan.factor
+    args = dict(row.get("args", {}))
+    if plan.scale:
+        args = scale_args(args, factor, f"table {table} row {row['id']}")
+    arch = row.get("arch") or batch.ds.get("arch")
+    criterion = batch.ds["criterion"]
+    train = train_settings(plan, batch)
+    seed = int(train["seed"])
+    model = resolve_model(arch, {**train, **args})
+    cost = model_cost(model, batch.segment, 128 // factor)
+    mem = max_memory(plan.family, model, batch.segment)
+    rid = row["id"] + (f"-seed{seed}" if seed != int(plan.setup["train"]["seed"]) else "")
+    run_dir = Path(opts.runs_dir) / f"table{table}" / batch.dataset / rid
+    save_dir = Path(opts.save_root) / f"table{table}" / batch.dataset / rid
+    result = Path(opts.results_dir) / f"table{table}" / batch.dataset / f"{rid}.json"
+    train_cmd, eval_cmd = row_commands(plan, batch, arch, criterion, train, args, save_dir,
+                                       run_dir)
+    meta = {
+        "arch": arch, "criterion": criterion, "segment": batch.segment, "max_memory": mem,
+        "args": args, "gpus": batch.gpus, "batch_per_gpu": batch.per_gpu,
+        "update_freq": batch.update_freq, "tokens_per_update": batch.sequences * batch.segment,
+        "max_update": int(train["max-update"]), "seed": seed,
+        "scale": getattr(opts, "scale", None) or "paper", "factor": factor,
+        "layers": model.decoder_layers, "heads": model.decoder_attention_heads,
+        "embed_dim": model.decoder_embed_dim,
+        "cost": {k: v for k, v in cost.items()},
+    }
+    return Run(table, batch.dataset, row, train_cmd, eval_cmd, result, run_dir, save_dir,
+               batch.data, meta)
 
 
 # --- running ----------------------------------------------------------------------------------

@@ -7,7 +7,8 @@
   handed to a callback (:class:`TrainProgress` turns fairseq-train's lines into one tqdm bar);
 * what a committed result records about itself: :func:`provenance` (the command with
   repository-relative paths and plain ``python``, :func:`git_commit`, the date,
-  :func:`machine_info`), :func:`portable_command` for the fairseq commands a result holds.
+  :func:`machine_info`), :func:`portable_command` for the fairseq commands a result holds;
+* the benchmark drivers' result files: :func:`write_result` (JSON + Markdown, atomically).
 
 Pure standard library (tqdm is imported only by :class:`TrainProgress`), and not imported by the
 plugin itself: importing it loads neither torch nor fairseq.
@@ -364,6 +365,21 @@ def commit_text(record: Dict) -> str:
     if record.get("git_commit"):
         return record["git_commit"] + (" + uncommitted changes" if record.get("git_dirty") else "")
     return record.get("git_commit_note") or "not recorded"
+
+
+def write_result(record: Dict, json_path: Optional[PathLike], md_path: Optional[PathLike],
+                 markdown: str, *, echo: bool = True) -> None:
+    """The end of a benchmark driver, one layout for all: print ``markdown`` (``echo``; a driver
+    that prints after writing passes False and prints itself), then write ``record`` as JSON
+    (``indent=1``, keys in the record's order, a final newline) to ``json_path`` and
+    ``markdown`` to ``md_path``, each atomically and each only when its path is given. The
+    record is stamped by the driver (:func:`provenance` at the start, the load at the end)."""
+    if echo:
+        print(markdown)
+    if json_path:
+        write_text_atomic(json_path, json.dumps(record, indent=1) + "\n")
+    if md_path:
+        write_text_atomic(md_path, markdown)
 
 
 def save_figure_atomic(fig, path: PathLike, dpi: int = 110) -> Path:

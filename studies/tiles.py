@@ -25,7 +25,7 @@ from fairseq_mswa.cost.tiles import (  # noqa: F401
     window_groups,
 )
 from fairseq_mswa.schedule import Window
-from studies.run_utils import REPO_ROOT, portable_command, provenance, write_text_atomic
+from studies.run_utils import REPO_ROOT, portable_command, provenance, write_result
 
 
 # --- the CPU blocked kernel ----------------------------------------------------------------------
@@ -371,9 +371,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 + (" + uncommitted changes" if prov.get("git_dirty") else "")
                 + f"; {prov['date']}; {prov['machine'].get('cpu_model')}, python "
                 f"{prov['machine'].get('python')}, torch {prov['machine'].get('torch')}.\n")
-        if args.json:
-            write_text_atomic(args.json, json.dumps(report, indent=1) + "\n")
-        if args.md:
-            write_text_atomic(args.md, text)
+        write_result(report, args.json, args.md, text, echo=False)
     print(text)
     return 0

@@ -21,6 +21,7 @@ from studies.run_utils import (
     run_logged,
     script_command,
     write_json_atomic,
+    write_result,
 )
 
 # lines as fairseq 0.12 prints them (--log-format simple / json)
@@ -68,6 +69,17 @@ def test_write_json_atomic(tmp_path):
     write_json_atomic(path, {"b": 1, "a": [1, 2]})
     assert json.loads(path.read_text()) == {"a": [1, 2], "b": 1}
     assert sorted(p.name for p in path.parent.iterdir()) == ["r.json"]  # no temporary left
+
+
+def test_write_result_prints_then_writes_json_and_markdown(tmp_path, capsys):
+    record = {"b": 1, "a": [1.5, None]}  # keys stay in the record's order
+    write_result(record, tmp_path / "r.json", tmp_path / "r.md", "# table\n")
+    assert capsys.readouterr().out == "# table\n\n"
+    assert (tmp_path / "r.json").read_text() == '{\n "b": 1,\n "a": [\n  1.5,\n  null\n ]\n}\n'
+    assert (tmp_path / "r.md").read_text() == "# table\n"
+    write_result(record, None, "", "quiet", echo=False)  # no path: nothing written
+    assert capsys.readouterr().out == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "r.md"]
 
 
 def test_run_logged_tees_to_the_log(tmp_path):
