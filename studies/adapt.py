@@ -48,6 +48,7 @@ from typing import Dict, List, Optional, Tuple
 
 from studies.reproduce import ReproError, metric_value, test_split_stats
 from studies.run_utils import (
+    USER_DIR,
     REPO_ROOT as REPO,
     CommandError,
     commit_text,
@@ -64,7 +65,6 @@ from studies.run_utils import (
     write_text_atomic,
 )
 
-USER_DIR = REPO / "fairseq_mswa"
 
 # The full-attention model trained when no checkpoint is given (the demo's shape: 4 layers x 4
 # heads, so that MSWA's 4 layer groups and 4 head groups get one layer / one head each), and the

@@ -36,10 +36,9 @@ import time
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
-from studies.run_utils import (portable_path, provenance, script_command, utc_now,
-                                    write_json_atomic)
+from studies.run_utils import (USER_DIR, portable_path, provenance, script_command, utc_now,
+                               write_json_atomic)
 
-USER_DIR = Path(__file__).resolve().parents[1] / "fairseq_mswa"  # the plugin folder (fairseq's --user-dir)
 
 
 class DecodeEvalError(ValueError):

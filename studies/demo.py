@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from studies.run_utils import (
+    USER_DIR,
     REPO_ROOT as REPO,
     CommandError,
     parse_eval_lm,
@@ -54,7 +55,6 @@ from studies.run_utils import (
     write_json_atomic,
 )
 
-USER_DIR = REPO / "fairseq_mswa"
 
 # The demo model: small enough for 2 CPU cores, 4 layers x 4 heads so that MSWA's 4 layer groups
 # and 4 head groups each get one layer / one head.

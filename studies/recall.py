@@ -32,7 +32,7 @@ from fairseq_mswa.cost import hybrid_cost
 from fairseq_mswa.models.linear_mswa import expand_layer_pattern
 from fairseq_mswa.schedule import build_schedule
 from studies.run_utils import (
-    REPO_ROOT, commit_text, provenance, run_fairseq, save_figure_atomic, script_command,
+    REPO_ROOT, USER_DIR, commit_text, provenance, run_fairseq, save_figure_atomic, script_command,
     write_json_atomic, write_text_atomic,
 )
 from studies.stats import judge, mean_and_std
@@ -135,7 +135,7 @@ def _flags(options: Dict) -> List[str]:
 
 
 def train_command(model: Model, seed: int, save_dir: Path, train: Dict = TRAIN) -> List[str]:
-    return ([sys.executable, "-m", "fairseq_cli.train", "--user-dir", str(REPO_ROOT / "fairseq_mswa"),
+    return ([sys.executable, "-m", "fairseq_cli.train", "--user-dir", str(USER_DIR),
              "--task", "recall", "--criterion", "recall_cross_entropy", "--arch", model.arch]
             + _flags(model.shape) + _flags(TASK) + _flags(train)
             + ["--attn-pattern", model.pattern, "--base-window", str(BASE_WINDOW),
@@ -146,7 +146,7 @@ def train_command(model: Model, seed: int, save_dir: Path, train: Dict = TRAIN) 
 
 def test_command(save_dir: Path) -> List[str]:
     return [sys.executable, "-m", "fairseq_cli.validate", "--user-dir",
-            str(REPO_ROOT / "fairseq_mswa"), "--task", "recall", "--criterion",
+            str(USER_DIR), "--task", "recall", "--criterion",
             "recall_cross_entropy", "--path", str(save_dir / "checkpoint_last.pt"),
             "--valid-subset", "test", "--batch-size", "64", "--log-format", "json", "--cpu",
             "--num-workers", "0"]

@@ -49,6 +49,7 @@ import yaml
 
 from studies.arch import ArchError, resolve_arch_config
 from studies.run_utils import (
+    USER_DIR,
     REPO_ROOT as REPO,
     CommandError,
     git_commit,
@@ -66,7 +67,6 @@ from studies.run_utils import (
 )
 
 CONFIGS = REPO / "configs" / "tables"
-USER_DIR = REPO / "fairseq_mswa"
 TABLES = (2, 3, 5, 6)
 # evaluated checkpoint: the best validation loss (fairseq keeps it as checkpoint_best.pt)
 CHECKPOINT = "checkpoint_best.pt"

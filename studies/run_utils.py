@@ -32,6 +32,7 @@ from data_prep.records import (  # noqa: F401  (one home; re-exported for the dr
 
 # the checkout this package is imported from (scripts/, configs/, results/ beside it)
 REPO_ROOT = Path(__file__).resolve().parents[1]
+USER_DIR = REPO_ROOT / "fairseq_mswa"  # the plugin folder: fairseq's --user-dir
 
 
 # --- fairseq log parsing -----------------------------------------------------------------------
