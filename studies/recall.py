@@ -32,8 +32,8 @@ from fairseq_mswa.cost import hybrid_cost
 from fairseq_mswa.models.linear_mswa import expand_layer_pattern
 from fairseq_mswa.schedule import build_schedule
 from studies.run_utils import (
-    REPO_ROOT, USER_DIR, commit_text, provenance, run_fairseq, save_figure_atomic, script_command,
-    write_json_atomic, write_text_atomic,
+    REPO_ROOT, USER_DIR, commit_text, git_commit, git_dirty, provenance, run_fairseq,
+    save_figure_atomic, script_command, utc_now, write_json_atomic, write_text_atomic,
 )
 from studies.stats import judge, mean_and_std
 
@@ -207,7 +207,8 @@ def run_one(item: Dict, verbose: bool = False) -> Dict:
                        verbose=verbose)
     result = {"model": model.name, "seed": item["seed"], "train_seconds": round(train_s, 1),
               "updates": train["max_update"], "test": parse_counts(test, "test"),
-              "valid_curve": valid_curve(out)}
+              "valid_curve": valid_curve(out), "git_commit": git_commit(), "git_dirty": git_dirty(),
+              "date": utc_now()}
     write_json_atomic(run_dir / "result.json", result)
     for ck in save_dir.glob("*.pt"):  # the study keeps counts, not weights
         ck.unlink()
@@ -259,6 +260,8 @@ def summarize(items: List[Dict]) -> Dict:
         models[m.name] = {"label": m.label, "arch": m.arch, "pattern": m.pattern,
                           "seeds_done": sorted(runs), **reach(m), "buckets": per_bucket,
                           "train_seconds": [runs[s]["train_seconds"] for s in sorted(runs)],
+                          "trained_at": sorted({runs[s].get("git_commit") or "not recorded"
+                                                for s in runs}),
                           "valid_curves": {str(s): runs[s]["valid_curve"] for s in sorted(runs)}}
     pairs = []
     for a, b in PAIRS:
@@ -285,7 +288,7 @@ def _bucket_label(key: str) -> str:
     return f"({lo}, {hi}]"
 
 
-def render_markdown(s: Dict, record: Dict) -> str:
+def render_markdown(s: Dict) -> str:
     keys = bucket_keys()
     lines = ["# Recall at distance", "",
              "Multi-query associative recall (`--task recall`): test accuracy (%) per distance "
@@ -321,8 +324,9 @@ def render_markdown(s: Dict, record: Dict) -> str:
                      + " | ".join(cells) + " |")
     lines += ["", "Setup: " + ", ".join(f"{k} {v}" for k, v in TASK.items()) + "; "
               + ", ".join(f"{k} {v}" for k, v in s["train"].items()) + f"; base window {BASE_WINDOW}.",
-              "", f"Command: `{record['command']}`  ", f"Commit: {commit_text(record)}  ",
-              f"Date: {record['date']}  ", f"Machine: {json.dumps(record['machine'])}", ""]
+              "", f"Command: `{s['command']}`  ", f"Commit: {commit_text(s)} (report); runs trained at "
+              f"{', '.join(sorted({c for m in s['models'].values() for c in m['trained_at']}))}  ",
+              f"Date: {s['date']}  ", f"Machine: {json.dumps(s['machine'])}", ""]
     return "\n".join(lines)
 
 
@@ -368,12 +372,12 @@ def plot(s: Dict, path: Path) -> Path:
 
 
 def report(items: List[Dict], out_dir: Path, argv: Sequence[str]) -> Dict:
-    s = summarize(items)
-    record = provenance(script_command("recall.py", argv), threads=None)
-    s["record"] = record
+    """The study's record: provenance of the report (command, commit, date, machine) at the top,
+    the commit(s) each model's runs were trained at in ``models[*].trained_at``."""
+    s = {**provenance(script_command("recall.py", argv), threads=None), **summarize(items)}
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / "recall.json", s)
-    write_text_atomic(out_dir / "recall.md", render_markdown(s, record))
+    write_text_atomic(out_dir / "recall.md", render_markdown(s))
     plot(s, out_dir / "recall.png")
     return s
 
@@ -426,5 +430,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.report_only:
         run_queue(items, args.verbose)
     s = report(items, args.out_dir, argv)
-    print(render_markdown(s, s["record"]))
+    print(render_markdown(s))
     return 0
