@@ -394,6 +394,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated seeds")
     p.add_argument("--max-update", type=int, default=TRAIN["max_update"],
                    help="updates per run (smaller for a smoke run)")
+    p.add_argument("--lr", type=float, default=TRAIN["lr"],
+                   help="peak learning rate (Adam, inverse-sqrt schedule); give another --runs-dir "
+                        "and --out-dir for a sweep, finished runs are not redone")
+    p.add_argument("--warmup-updates", type=int, default=TRAIN["warmup_updates"],
+                   help="linear warm-up updates before the inverse-sqrt decay")
     p.add_argument("--report-only", action="store_true", help="only the report from finished runs")
     p.add_argument("--dry-run", action="store_true", help="print the plan and the commands")
     p.add_argument("--verbose", action="store_true", help="fairseq's raw log on screen")
@@ -416,7 +421,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         seeds = [int(s) for s in args.seeds.split(",") if s]
     except ValueError:
         raise SystemExit(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
-    train = {**TRAIN, "max_update": args.max_update,
+    train = {**TRAIN, "lr": args.lr, "warmup_updates": args.warmup_updates,
+             "max_update": args.max_update,
              "validate_interval_updates": min(TRAIN["validate_interval_updates"], args.max_update)}
     try:
         items = plan(select_models(args.models), seeds, args.runs_dir, train)
