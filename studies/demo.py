@@ -73,6 +73,7 @@ QUICK = dict(layers=4, heads=4, embed=32, ffn=64, segment=32, batch=2, updates=3
              base_window=16, max_bytes=40_000, log_interval=1, lr=1e-3, warmup=1,
              eval_batch=2, minutes=5.0)
 FIRST_CAP_FACTOR = 2.0
+PAIRS = (("SWA", "swa"), ("MSWA", "mswa"))  # (name, --attn-pattern), trained in this order
 # decoding KV cache: float32, as the demo trains and evaluates (CPU)
 KV_DTYPE_BYTES = 4
 
@@ -427,7 +428,7 @@ def report_lines(res: Dict, threads: int, work: Path, out: Path) -> List[str]:
     return lines
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true",
                     help="a few updates of a tiny model on a slice of the corpus (for tests)")
@@ -449,16 +450,95 @@ def main(argv=None) -> int:
                     help="torch threads (default: all cores)")
     ap.add_argument("--verbose", action="store_true",
                     help="stream fairseq's full logs instead of one progress bar per run")
+    return ap
+
+
+def resolve_config(args) -> Dict:
+    """The run's settings: QUICK or FULL with the command line's overrides."""
+    cfg = dict(QUICK if args.quick else FULL)
+    for key, value in (("updates", args.updates), ("base_window", args.base_window),
+                       ("minutes", args.minutes)):
+        if value is not None:
+            cfg[key] = value
+    return cfg
+
+
+def stage_corpus(cfg: Dict, work: Path) -> Dict:
+    """Stage 1a: the character-level corpus from pydoc_data.topics (fairseq-preprocess'd)."""
+    from data_prep.pydoc_corpus import prepare_pydoc_chars
+
+    print("[1/4] building the character-level corpus from pydoc_data.topics", flush=True)
+    return prepare_pydoc_chars(work / "data-bin", max_bytes=cfg["max_bytes"], workers=1,
+                               name="pydoc-chars" if cfg["max_bytes"] is None
+                               else f"pydoc-chars-{cfg['max_bytes']}")
+
+
+def stage_plan(cfg: Dict, args, data: Path, work: Path) -> None:
+    """Stage 1b: fix, before training and the same for both models, the update count (from a
+    speed probe unless --quick or --updates), the warm-up and the first model's safety cap."""
+    first_estimate_s = None
+    if not args.quick:
+        print("[1/4] measuring the speed of both models on this machine", flush=True)
+        spu = {name: probe_seconds_per_update(name, pattern, cfg, data, work, args.verbose)
+               for name, pattern in PAIRS}
+        # --updates fixes the count; otherwise the largest that fits the time budget
+        fewest = cfg["updates"] if args.updates is not None else cfg["min_updates"]
+        plan = plan_updates(spu, cfg["train_minutes"] * 60, cfg["updates"], fewest)
+        cfg["updates"] = plan["updates"]
+        cfg["probe_seconds_per_update"] = spu
+        cfg["estimated_train_s"] = round(plan["train_s"], 1)
+        first_estimate_s = plan["updates"] * spu[PAIRS[0][0]]
+        print(f"[1/4] {', '.join(f'{k} {v:.3f} s/update' for k, v in spu.items())}: "
+              f"{plan_message(plan)}", flush=True)
+    else:
+        print(f"[1/4] {cfg['updates']} updates each (--quick: no speed probe, so no time "
+              "estimate)", flush=True)
+    cfg["updates_planned"] = cfg["updates"]
+    cfg["warmup"] = min(cfg["warmup"], max(1, cfg["updates"] // 10))
+    cfg["first_run_cap_minutes"] = round(first_run_cap(cfg["minutes"], first_estimate_s), 2)
+
+
+def stage_train(cfg: Dict, args, data: Path, split: Dict, work: Path):
+    """Stages 2 and 3: SWA, then MSWA for exactly as many updates; returns (models, cut)."""
+    steps = dict(zip((name for name, _ in PAIRS), ("[2/4]", "[3/4]")))
+
+    def train_one(name, pattern, updates, stop_minutes):
+        return run_model(name, pattern, dict(cfg, updates=updates), data, split, work,
+                         steps[name], args.verbose, stop_minutes)
+
+    models, cut = train_both(PAIRS, cfg["updates"], cfg["first_run_cap_minutes"], train_one)
+    cfg["updates"] = check_equal_updates(models)
+    return models, cut
+
+
+def assemble(cfg: Dict, info: Dict, models: List[Dict], cut, allows: Dict, prov: Dict,
+             t_start: float) -> Dict:
+    """The demo's record: settings, both models (cost relative to MSWA, what the shape allows),
+    the corpus and the provenance."""
+    ref = next(m["cost"] for m in models if m["name"] == "MSWA")
+    for m in models:
+        m["relative_cost"] = m["cost"] / ref
+        m.update(allows["per_model"][m["name"]])
+    return {
+        "config": cfg,
+        "cut": cut,
+        "shape_allows": allows,
+        "corpus": {k: info[k] for k in ("source", "source_sha256", "dict_types")}
+                  | {"train_bytes": info["splits"]["train"]["bytes"],
+                     "test_bytes": info["splits"]["test"]["bytes"]},
+        "models": models,
+        **prov,  # command, git_commit, git_dirty, date (of the start), machine
+        "total_wall_s": round(time.time() - t_start, 1),
+        "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
     if args.updates is not None and args.updates < 1:
         ap.error(f"--updates {args.updates}: give at least 1 (the count both models train)")
-    cfg = dict(QUICK if args.quick else FULL)
-    if args.updates is not None:
-        cfg["updates"] = args.updates
-    if args.base_window is not None:
-        cfg["base_window"] = args.base_window
-    if args.minutes is not None:
-        cfg["minutes"] = args.minutes
+    cfg = resolve_config(args)
     work = args.work or REPO / "runs" / ("demo-quick" if args.quick else "demo")
     out = args.out or (work / "results" if args.quick else REPO / "results" / "demo")
     if args.threads:
@@ -469,68 +549,14 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     try:
-        from data_prep.pydoc_corpus import prepare_pydoc_chars
-
-        print("[1/4] building the character-level corpus from pydoc_data.topics", flush=True)
-        info = prepare_pydoc_chars(work / "data-bin", max_bytes=cfg["max_bytes"], workers=1,
-                                   name="pydoc-chars" if cfg["max_bytes"] is None
-                                   else f"pydoc-chars-{cfg['max_bytes']}")
+        info = stage_corpus(cfg, work)
         data = Path(work / "data-bin" / info["dataset"])
-        split = info["splits"]["test"]
-        pairs = (("SWA", "swa"), ("MSWA", "mswa"))
-        first_estimate_s = None
-        if not args.quick:
-            print("[1/4] measuring the speed of both models on this machine", flush=True)
-            spu = {name: probe_seconds_per_update(name, pattern, cfg, data, work, args.verbose)
-                   for name, pattern in pairs}
-            # --updates fixes the count; otherwise the largest that fits the time budget
-            fewest = cfg["updates"] if args.updates is not None else cfg["min_updates"]
-            plan = plan_updates(spu, cfg["train_minutes"] * 60, cfg["updates"], fewest)
-            cfg["updates"] = plan["updates"]
-            cfg["probe_seconds_per_update"] = spu
-            cfg["estimated_train_s"] = round(plan["train_s"], 1)
-            first_estimate_s = plan["updates"] * spu[pairs[0][0]]
-            print(f"[1/4] {', '.join(f'{k} {v:.3f} s/update' for k, v in spu.items())}: "
-                  f"{plan_message(plan)}", flush=True)
-        else:
-            print(f"[1/4] {cfg['updates']} updates each (--quick: no speed probe, so no time "
-                  "estimate)", flush=True)
-        # fixed before training, the same for both models: the update count, the warm-up and
-        # the first model's safety cap
-        cfg["updates_planned"] = cfg["updates"]
-        cfg["warmup"] = min(cfg["warmup"], max(1, cfg["updates"] // 10))
-        cfg["first_run_cap_minutes"] = round(first_run_cap(cfg["minutes"], first_estimate_s), 2)
-        steps = dict(zip((name for name, _ in pairs), ("[2/4]", "[3/4]")))
-
-        def train_one(name, pattern, updates, stop_minutes):
-            return run_model(name, pattern, dict(cfg, updates=updates), data, split, work,
-                             steps[name], args.verbose, stop_minutes)
-
-        models, cut = train_both(pairs, cfg["updates"], cfg["first_run_cap_minutes"], train_one)
-        cfg["updates"] = check_equal_updates(models)
+        stage_plan(cfg, args, data, work)
+        models, cut = stage_train(cfg, args, data, info["splits"]["test"], work)
         from fairseq.data import Dictionary
 
-        allows = shape_allows(cfg, len(Dictionary.load(str(data / "dict.txt"))), pairs)
-    except CommandError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    ref = next(m["cost"] for m in models if m["name"] == "MSWA")
-    for m in models:
-        m["relative_cost"] = m["cost"] / ref
-        m.update(allows["per_model"][m["name"]])
-    res = {
-        "config": cfg,
-        "cut": cut,
-        "shape_allows": allows,
-        "corpus": {k: info[k] for k in ("source", "source_sha256", "dict_types")}
-                  | {"train_bytes": info["splits"]["train"]["bytes"],
-                     "test_bytes": split["bytes"]},
-        "models": models,
-        **prov,  # command, git_commit, git_dirty, date (of the start), machine
-        "total_wall_s": round(time.time() - t_start, 1),
-        "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    }
-    try:
+        allows = shape_allows(cfg, len(Dictionary.load(str(data / "dict.txt"))), PAIRS)
+        res = assemble(cfg, info, models, cut, allows, prov, t_start)
         lines = report_lines(res, threads, work, out)  # unequal runs: an error, nothing written
     except CommandError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -540,7 +566,6 @@ def main(argv=None) -> int:
     print("[4/4] results (test split, fairseq-eval-lm)\n")
     print("\n".join(lines))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
