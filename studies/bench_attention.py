@@ -310,6 +310,97 @@ def _flex_step(windows, memory, tile, batch, segment, device, dtype, backward, f
     return step
 
 
+def _sweep_shape(device: str, quick: bool, segments):
+    """(segments, base window, batch of a segment) of a tile sweep: the paper's shape on a GPU,
+    a segment of 64 with base 16 and batch 1 for the rehearsal (CPU or ``quick``)."""
+    from fairseq_mswa.cost import tiles as T
+
+    if device != "cuda" or quick:
+        return (64,), 16, (lambda seg: 1)
+    return (tuple(segments), T.PAPER_SHAPE["base_window"],
+            (lambda seg: max(1, T.PAPER_TOKENS_PER_STEP // seg)))
+
+
+def _warm_sweep(configs, schedules, batch_of, device, tdtype, backward, fn, budget_s, t_start):
+    """Build and warm up (block masks, compilation) every configuration (segment, schedule,
+    tiles) in priority order until ``budget_s`` is spent. Returns (steps, meta, errors, skipped):
+    per configuration its [(step function, count)], its calls' tile work, the kernel's refusal."""
+    from fairseq_mswa.cost import tiles as T
+
+    steps, meta, errors, skipped = {}, {}, {}, []
+    for cfg in configs:
+        seg, name, plan = cfg
+        if budget_s is not None and time.time() - t_start > budget_s:
+            skipped.append(cfg)
+            continue
+        calls = _tile_calls(schedules[name], seg, plan)
+        try:
+            fns = [(_flex_step(w, m, t, batch_of(seg), seg, device, tdtype, backward, fn), n)
+                   for w, m, t, n in calls]
+            for f, _ in fns:
+                f()
+        except Exception as e:  # a shape the kernel refuses: recorded, the sweep goes on
+            errors[cfg] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+            continue
+        steps[cfg] = fns
+        meta[cfg] = {"calls": [{"windows": list(w), "memory": m, "tile": list(t), "count": n,
+                                "tile_work": T.call_tile_work(w, seg, m, t)}
+                               for w, m, t, n in calls]}
+    return steps, meta, errors, skipped
+
+
+def _time_sweep(steps, reps: int, device: str) -> dict:
+    """Seconds per 12-layer step of every warmed configuration, ``reps`` samples each, the
+    order reversed on every other repetition (interleaved, so drift is shared)."""
+    samples = {cfg: [] for cfg in steps}
+    for rep in range(reps):
+        for cfg in (list(steps) if rep % 2 == 0 else list(steps)[::-1]):
+            samples[cfg].append(sum(n * timed(f, device) for f, n in steps[cfg]))
+    return samples
+
+
+def _sweep_label(plan) -> str:
+    from fairseq_mswa.cost import tiles as T
+
+    return plan if plan == "chosen" else T.tile_label(plan)
+
+
+def _sweep_rows(configs, batch_of, samples, meta, errors) -> list:
+    rows = []
+    for cfg in configs:
+        seg, name, plan = cfg
+        row = {"segment": seg, "schedule": name, "tiles": _sweep_label(plan), "batch": batch_of(seg)}
+        if cfg in samples:
+            row.update(median_s=statistics.median(samples[cfg]), samples_s=samples[cfg], **meta[cfg])
+            row["tile_work"] = sum(c["tile_work"] * c["count"] for c in meta[cfg]["calls"])
+        else:
+            row["error" if cfg in errors else "skipped"] = errors.get(cfg, "time budget spent")
+        rows.append(row)
+    return rows
+
+
+def _sweep_summary(rows, segments, plans) -> list:
+    """Per segment: MSWA / SWA at equal tiles, each schedule's fastest tiles, and MSWA at its
+    fastest over SWA at its fastest."""
+    by = {(r["segment"], r["schedule"], r["tiles"]): r.get("median_s") for r in rows}
+    summary = []
+    for seg in segments:
+        m = {p: by[(seg, "mswa", _sweep_label(p))] for p in plans}
+        sw = {p: by[(seg, "swa", _sweep_label(p))] for p in plans}
+        done_m = {p: t for p, t in m.items() if t is not None}
+        done_s = {p: t for p, t in sw.items() if t is not None}
+        summary.append({
+            "segment": seg,
+            "mswa_over_swa_same_tiles": {_sweep_label(p): m[p] / sw[p] for p in plans
+                                         if m[p] is not None and sw[p] is not None},
+            "fastest_mswa": _sweep_label(min(done_m, key=done_m.get)) if done_m else None,
+            "fastest_swa": _sweep_label(min(done_s, key=done_s.get)) if done_s else None,
+            "mswa_fastest_over_swa_fastest": (min(done_m.values()) / min(done_s.values())
+                                              if done_m and done_s else None),
+        })
+    return summary
+
+
 def tile_sweep(device="cuda", dtype="bfloat16", segments=(512, 2048), reps=5, tiles=None,
                quick=False, budget_s=None, compiled=None) -> dict:
     """MSWA and SWA attention through FlexAttention at every tile shape and at their chosen tiles.
@@ -322,89 +413,36 @@ def tile_sweep(device="cuda", dtype="bfloat16", segments=(512, 2048), reps=5, ti
     (seconds of warm-up / compilation) is spent; the rest are listed as skipped. Each layer's
     tile work (``cost.tiles``) is recorded beside its time, so the run can refit
     ``tile_efficiency``. Returns a JSON-ready dict; times are seconds per 12-layer step."""
+    import warnings
+
+    from torch._dynamo import config as dynamo
+    from torch.nn.attention.flex_attention import flex_attention
+
     from fairseq_mswa.cost import tiles as T
 
     tiles = [tuple(t) for t in (tiles or T.GPU_TILES)]
     cpu = device != "cuda"
-    if cpu or quick:
-        segments, base, batch_of = ((64,) if quick or cpu else segments), 16, (lambda seg: 1)
-    else:
-        base, batch_of = T.PAPER_SHAPE["base_window"], (lambda seg: max(1, T.PAPER_TOKENS_PER_STEP // seg))
+    segments, base, batch_of = _sweep_shape(device, quick, segments)
     backward = not cpu
     compiled = (not cpu) if compiled is None else compiled
-    tdtype = getattr(torch, dtype)
-    from torch.nn.attention.flex_attention import flex_attention
-
-    from torch._dynamo import config as dynamo
-
     # every (shape, tile) is its own graph: past the default limit of 8 recompiles flex would run
     # unfused (every score materialised) and the sweep would time that
     limits = (dynamo.recompile_limit, dynamo.accumulated_recompile_limit)
     dynamo.recompile_limit = dynamo.accumulated_recompile_limit = 4096
     fn = torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
-    mswa = build_schedule(LAYERS, HEADS, base, "mswa")
-    swa = build_schedule(LAYERS, HEADS, base, "swa")
+    schedules = {name: build_schedule(LAYERS, HEADS, base, name) for name in ("mswa", "swa")}
     plans = ["chosen"] + tiles
-    configs = [(seg, name, plan) for seg in segments for plan in plans
-               for name in ("mswa", "swa")]
-    t_start, steps, skipped, errors, meta = time.time(), {}, [], {}, {}
-    import warnings
-
+    configs = [(seg, name, plan) for seg in segments for plan in plans for name in ("mswa", "swa")]
     with _BwdConfigsForTiles(tiles) as patch, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
         try:
-            for cfg in configs:
-                seg, name, plan = cfg
-                if budget_s is not None and time.time() - t_start > budget_s:
-                    skipped.append(cfg)
-                    continue
-                sched = mswa if name == "mswa" else swa
-                calls = _tile_calls(sched, seg, plan)
-                try:
-                    fns = [(_flex_step(w, m, t, batch_of(seg), seg, device, tdtype, backward, fn), n)
-                           for w, m, t, n in calls]
-                    for f, _ in fns:  # warm-up: block masks, compilation
-                        f()
-                except Exception as e:  # a shape the kernel refuses: recorded, the sweep goes on
-                    errors[cfg] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
-                    continue
-                steps[cfg] = fns
-                meta[cfg] = {"calls": [{"windows": list(w), "memory": m, "tile": list(t), "count": n,
-                                        "tile_work": T.call_tile_work(w, seg, m, t)}
-                                       for w, m, t, n in calls]}
-            samples = {cfg: [] for cfg in steps}
-            for rep in range(reps):
-                for cfg in (list(steps) if rep % 2 == 0 else list(steps)[::-1]):
-                    samples[cfg].append(sum(n * timed(f, device) for f, n in steps[cfg]))
+            steps, meta, errors, _ = _warm_sweep(configs, schedules, batch_of, device,
+                                                 getattr(torch, dtype), backward, fn, budget_s,
+                                                 time.time())
+            samples = _time_sweep(steps, reps, device)
         finally:
             dynamo.recompile_limit, dynamo.accumulated_recompile_limit = limits
-    label = lambda plan: plan if plan == "chosen" else T.tile_label(plan)  # noqa: E731
-    rows = []
-    for cfg in configs:
-        seg, name, plan = cfg
-        row = {"segment": seg, "schedule": name, "tiles": label(plan), "batch": batch_of(seg)}
-        if cfg in samples:
-            row.update(median_s=statistics.median(samples[cfg]), samples_s=samples[cfg], **meta[cfg])
-            row["tile_work"] = sum(c["tile_work"] * c["count"] for c in meta[cfg]["calls"])
-        else:
-            row["error" if cfg in errors else "skipped"] = errors.get(cfg, "time budget spent")
-        rows.append(row)
-    by = {(r["segment"], r["schedule"], r["tiles"]): r.get("median_s") for r in rows}
-    summary = []
-    for seg in segments:
-        m = {p: by[(seg, "mswa", label(p))] for p in plans}
-        sw = {p: by[(seg, "swa", label(p))] for p in plans}
-        done_m = {p: t for p, t in m.items() if t is not None}
-        done_s = {p: t for p, t in sw.items() if t is not None}
-        summary.append({
-            "segment": seg,
-            "mswa_over_swa_same_tiles": {label(p): m[p] / sw[p] for p in plans
-                                         if m[p] is not None and sw[p] is not None},
-            "fastest_mswa": label(min(done_m, key=done_m.get)) if done_m else None,
-            "fastest_swa": label(min(done_s, key=done_s.get)) if done_s else None,
-            "mswa_fastest_over_swa_fastest": (min(done_m.values()) / min(done_s.values())
-                                              if done_m and done_s else None),
-        })
+    rows = _sweep_rows(configs, batch_of, samples, meta, errors)
     return {"device": device, "dtype": dtype, "backward": backward, "compiled": compiled,
             "segments": list(segments), "base_window": base, "reps": reps,
             "bwd_configs_patched": patch.patched, "bwd_patch_error": patch.error,
@@ -413,7 +451,7 @@ def tile_sweep(device="cuda", dtype="bfloat16", segments=(512, 2048), reps=5, ti
                      "the times say nothing about tiles" if cpu and not compiled else
                      "CPU rehearsal: compiled FlexAttention forward only (C++ template)" if cpu
                      else "attention kernel only (no position term), forward + backward"),
-            "rows": rows, "summary": summary}
+            "rows": rows, "summary": _sweep_summary(rows, segments, plans)}
 
 
 def _label_order(label: str):
