@@ -215,12 +215,8 @@ def _check_finished(dest: Path, inputs: Dict[str, Dict], options: Dict, log: Log
     return info
 
 
-def prepare_text(root: Path, name: str, files: Dict[str, Path], spm_vocab: Optional[int] = None,
-                 spm_model_type: Optional[str] = None, byte_level: bool = False,
-                 workers: int = 1, log: Log = _log) -> Dict:
-    """``files`` ({"train", "valid", "test"} -> UTF-8 text file) -> ``root/name``: sentencepiece
-    (``spm_vocab`` pieces, ``spm_model_type``) or bytes, binarized by fairseq-preprocess, with
-    ``spm.model`` and ``prepared.json``. Returns prepared.json's content."""
+def _check_options(name: str, spm_vocab, spm_model_type, byte_level: bool) -> None:
+    """Refuse options that cannot make a dataset; each message names the fix."""
     if byte_level and (spm_vocab is not None or spm_model_type is not None):
         raise DataPrepError("--bytes takes no sentencepiece options: drop --spm-vocab / "
                             "--spm-model-type, or drop --bytes")
@@ -230,14 +226,85 @@ def prepare_text(root: Path, name: str, files: Dict[str, Path], spm_vocab: Optio
         raise DataPrepError(f"--spm-vocab {spm_vocab}: pass a positive number of pieces")
     if not name or "/" in name or name.startswith("."):
         raise DataPrepError(f"--name {name!r}: pass a plain folder name (no '/', no leading '.')")
+
+
+def _encode_bytes(files: Dict[str, Path], work: Path):
+    """Each split as enwik8's byte tokens in ``work/<split>.txt``; returns (tokenizer record,
+    symbols per split)."""
+    counts = {}
+    for split in SPLITS:
+        data = Path(files[split]).read_bytes()
+        write_tokens(data, work / f"{split}.txt")
+        counts[split] = expected_symbols(data)
+    tokenizer = {"type": "bytes",
+                 "format": "each byte its decimal value, a newline byte the line break "
+                           "(fairseq's </s>), as enwik8"}
+    return tokenizer, counts
+
+
+def _encode_pieces(files: Dict[str, Path], inputs: Dict, options: Dict, tmp: Path, work: Path,
+                   workers: int, log: Log):
+    """Train sentencepiece on the train split (model saved as ``tmp/spm.model``) and encode each
+    split into ``work/<split>.txt``; returns (tokenizer record, symbols per split)."""
+    import sentencepiece as spm
+
+    log(f"training sentencepiece ({_describe(options)}) on {files['train']}")
+    proto = train_sentencepiece(Path(files["train"]), options["spm_vocab"],
+                                options["spm_model_type"], f"--train {files['train']}", work)
+    (tmp / SPM_MODEL).write_bytes(proto)
+    sp = spm.SentencePieceProcessor(model_proto=proto)
+    counts = {}
+    for split in SPLITS:
+        log(f"encoding {split}: {files[split]}")
+        pieces = encode_split(sp, Path(files[split]), work / f"{split}.txt", workers)
+        counts[split] = pieces + inputs[split]["lines"]  # one </s> per line
+    tokenizer = {
+        "type": "sentencepiece", "model": SPM_MODEL,
+        "model_sha256": sha256_file(tmp / SPM_MODEL),
+        "vocab_size": options["spm_vocab"], "model_type": options["spm_model_type"],
+        "trained_on": "train", "settings": dict(SPM_SETTINGS),
+        "normalization": "none, except Unicode whitespace other than space and "
+                         "newline -> space",
+        "sentencepiece_version": spm.__version__,
+    }
+    return tokenizer, counts
+
+
+def _checked_stats(tmp: Path, inputs: Dict, counts: Dict):
+    """fairseq-preprocess's binarized splits in ``tmp``, checked against the encoding's symbol
+    counts; returns (stats with the inputs' byte / word counts and <unk>s, dictionary)."""
+    from fairseq.data import Dictionary
+
+    stats = binarized_stats(tmp)
+    dictionary = Dictionary.load(str(tmp / "dict.txt"))
+    for split in SPLITS:
+        got = stats["splits"][split]
+        if got["symbols"] != counts[split]:
+            raise DataPrepError(
+                f"{split}: fairseq stored {got['symbols']:,} symbols, the encoding has "
+                f"{counts[split]:,}: a piece holds whitespace fairseq splits at (please "
+                "report this with the file)"
+            )
+        got.update({k: inputs[split][k] for k in ("bytes", "words", "ends_with_newline")},
+                   unk=count_symbol(tmp / split, dictionary.unk()))
+        got["word_tokens"] = inputs[split]["words"] + got["lines"]
+    return stats, dictionary
+
+
+def prepare_text(root: Path, name: str, files: Dict[str, Path], spm_vocab: Optional[int] = None,
+                 spm_model_type: Optional[str] = None, byte_level: bool = False,
+                 workers: int = 1, log: Log = _log) -> Dict:
+    """``files`` ({"train", "valid", "test"} -> UTF-8 text file) -> ``root/name``: sentencepiece
+    (``spm_vocab`` pieces, ``spm_model_type``) or bytes, binarized by fairseq-preprocess, with
+    ``spm.model`` and ``prepared.json``. Returns prepared.json's content."""
+    _check_options(name, spm_vocab, spm_model_type, byte_level)
     options = _options(spm_vocab, spm_model_type, byte_level)
     root = Path(root)
     dest = root / name
     remove_stale_tmp(root, name, log)
-    inputs = {}
-    for split in SPLITS:
-        path = Path(files[split])
-        inputs[split] = {"path": str(path), **inspect_text_file(path, f"--{split} {path}")}
+    inputs = {split: {"path": str(Path(files[split])),
+                      **inspect_text_file(Path(files[split]), f"--{split} {files[split]}")}
+              for split in SPLITS}
     done = _check_finished(dest, inputs, options, log)
     if done is not None:
         return done
@@ -245,53 +312,10 @@ def prepare_text(root: Path, name: str, files: Dict[str, Path], spm_vocab: Optio
     with atomic_dir(dest) as tmp:
         work = tmp / ".encoded"
         work.mkdir()
-        counts = {}
-        if byte_level:
-            tokenizer = {"type": "bytes",
-                         "format": "each byte its decimal value, a newline byte the line break "
-                                   "(fairseq's </s>), as enwik8"}
-            for split in SPLITS:
-                data = Path(files[split]).read_bytes()
-                write_tokens(data, work / f"{split}.txt")
-                counts[split] = expected_symbols(data)
-        else:
-            import sentencepiece as spm
-
-            log(f"training sentencepiece ({_describe(options)}) on {files['train']}")
-            proto = train_sentencepiece(Path(files["train"]), options["spm_vocab"],
-                                        options["spm_model_type"], f"--train {files['train']}",
-                                        work)
-            (tmp / SPM_MODEL).write_bytes(proto)
-            sp = spm.SentencePieceProcessor(model_proto=proto)
-            for split in SPLITS:
-                log(f"encoding {split}: {files[split]}")
-                pieces = encode_split(sp, Path(files[split]), work / f"{split}.txt", workers)
-                counts[split] = pieces + inputs[split]["lines"]  # one </s> per line
-            tokenizer = {
-                "type": "sentencepiece", "model": SPM_MODEL,
-                "model_sha256": sha256_file(tmp / SPM_MODEL),
-                "vocab_size": options["spm_vocab"], "model_type": options["spm_model_type"],
-                "trained_on": "train", "settings": dict(SPM_SETTINGS),
-                "normalization": "none, except Unicode whitespace other than space and "
-                                 "newline -> space",
-                "sentencepiece_version": spm.__version__,
-            }
+        tokenizer, counts = (_encode_bytes(files, work) if byte_level else
+                             _encode_pieces(files, inputs, options, tmp, work, workers, log))
         run_preprocess({s: work / f"{s}.txt" for s in SPLITS}, tmp, workers, log)
-        stats = binarized_stats(tmp)
-        from fairseq.data import Dictionary
-
-        dictionary = Dictionary.load(str(tmp / "dict.txt"))
-        for split in SPLITS:
-            got = stats["splits"][split]
-            if got["symbols"] != counts[split]:
-                raise DataPrepError(
-                    f"{split}: fairseq stored {got['symbols']:,} symbols, the encoding has "
-                    f"{counts[split]:,}: a piece holds whitespace fairseq splits at (please "
-                    "report this with the file)"
-                )
-            got.update({k: inputs[split][k] for k in ("bytes", "words", "ends_with_newline")},
-                       unk=count_symbol(tmp / split, dictionary.unk()))
-            got["word_tokens"] = inputs[split]["words"] + got["lines"]
+        stats, dictionary = _checked_stats(tmp, inputs, counts)
         shutil.rmtree(work)
         info = {
             "dataset": name, "unit": "byte" if byte_level else "sentencepiece",
