@@ -116,6 +116,38 @@ def _exclusive_cumsum(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([zero, torch.cumsum(x[:, :, :-1], dim=2)], dim=2)
 
 
+def _intra_chunk(qc: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, scale: Optional[float]):
+    """Inside each chunk, the causal quadratic form. qc, kc: (B, H, N, C, d); vc: (B, H, N, C, D).
+    Returns (numerator (B, H, N, C, D), denominator (B, H, N, C))."""
+    c = qc.shape[-2]
+    a = taylor_kernel(qc, kc, scale)  # (B, H, N, C, C)
+    causal = torch.ones(c, c, dtype=torch.bool, device=qc.device).tril()
+    a = a.masked_fill(~causal, 0.0)
+    return torch.matmul(a, vc), a.sum(-1)
+
+
+def _chunk_states(phi_k: torch.Tensor, vc: torch.Tensor, initial_state: Optional[State]):
+    """Across chunks: each chunk's state and the exclusive prefix sums of the states before it.
+    phi_k: (B, H, N, C, F) (padded keys zeroed); vc: (B, H, N, C, D); initial_state: (S_0
+    (B, H, F, D), z_0 (B, H, F)) or None. Returns (kv (B, H, N, F, D), ksum (B, H, N, F),
+    kv_prev, ksum_prev) with S_0 / z_0 added to the prefix sums."""
+    kv = torch.matmul(phi_k.transpose(-1, -2), vc)  # (B, H, N, F, D)
+    ksum = phi_k.sum(-2)  # (B, H, N, F)
+    kv_prev = _exclusive_cumsum(kv)
+    ksum_prev = _exclusive_cumsum(ksum)
+    if initial_state is not None:
+        s0, z0 = initial_state
+        b, h, _, feats, dv = kv.shape
+        if s0.shape != (b, h, feats, dv) or z0.shape != (b, h, feats):
+            raise ValueError(
+                f"initial_state must be (S {(b, h, feats, dv)}, z {(b, h, feats)}), got "
+                f"({tuple(s0.shape)}, {tuple(z0.shape)}): was it built with the same compact flag?"
+            )
+        kv_prev = kv_prev + s0.to(kv.dtype).unsqueeze(2)
+        ksum_prev = ksum_prev + z0.to(kv.dtype).unsqueeze(2)
+    return kv, ksum, kv_prev, ksum_prev
+
+
 def linear_attention_chunked(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -163,33 +195,13 @@ def linear_attention_chunked(
     kc = k.view(b, h, n, c, d)
     vc = v.view(b, h, n, c, dv)
 
-    # inside each chunk: the quadratic form
-    a = taylor_kernel(qc, kc, scale)  # (B, H, N, C, C)
-    causal = torch.ones(c, c, dtype=torch.bool, device=q.device).tril()
-    a = a.masked_fill(~causal, 0.0)
-    num = torch.matmul(a, vc)  # (B, H, N, C, D)
-    den = a.sum(-1)  # (B, H, N, C)
-
-    # across chunks: exclusive prefix sums of the per-chunk states
+    num, den = _intra_chunk(qc, kc, vc, scale)
     phi_q = taylor_feature_map(qc, compact, scale)  # (B, H, N, C, F)
     phi_k = taylor_feature_map(kc, compact, scale)
     if pad:
         valid = (torch.arange(n * c, device=q.device) < length).to(dtype).view(n, c, 1)
         phi_k = phi_k * valid
-    kv = torch.matmul(phi_k.transpose(-1, -2), vc)  # (B, H, N, F, D)
-    ksum = phi_k.sum(-2)  # (B, H, N, F)
-    kv_prev = _exclusive_cumsum(kv)
-    ksum_prev = _exclusive_cumsum(ksum)
-    if initial_state is not None:
-        s0, z0 = initial_state
-        feats = phi_q.shape[-1]
-        if s0.shape != (b, h, feats, dv) or z0.shape != (b, h, feats):
-            raise ValueError(
-                f"initial_state must be (S {(b, h, feats, dv)}, z {(b, h, feats)}), got "
-                f"({tuple(s0.shape)}, {tuple(z0.shape)}): was it built with the same compact flag?"
-            )
-        kv_prev = kv_prev + s0.to(dtype).unsqueeze(2)
-        ksum_prev = ksum_prev + z0.to(dtype).unsqueeze(2)
+    kv, ksum, kv_prev, ksum_prev = _chunk_states(phi_k, vc, initial_state)
     num = num + torch.matmul(phi_q, kv_prev)
     den = den + (phi_q * ksum_prev.unsqueeze(-2)).sum(-1)
     out = (num / (den.unsqueeze(-1) + eps)).view(b, h, n * c, dv)[:, :, :length]
