@@ -198,6 +198,7 @@ def run_one(item: Dict, verbose: bool = False) -> Dict:
     if run_dir.exists():  # an unfinished run starts again from scratch
         shutil.rmtree(run_dir)
     save_dir = run_dir / "checkpoints"
+    stamp = {"git_commit": git_commit(), "git_dirty": git_dirty(), "date": utc_now()}  # at start
     t0 = time.time()
     train = item["train"]
     out = run_fairseq(train_command(model, item["seed"], save_dir, train), run_dir / "train.log",
@@ -207,8 +208,7 @@ def run_one(item: Dict, verbose: bool = False) -> Dict:
                        verbose=verbose)
     result = {"model": model.name, "seed": item["seed"], "train_seconds": round(train_s, 1),
               "updates": train["max_update"], "test": parse_counts(test, "test"),
-              "valid_curve": valid_curve(out), "git_commit": git_commit(), "git_dirty": git_dirty(),
-              "date": utc_now()}
+              "valid_curve": valid_curve(out), **stamp}
     write_json_atomic(run_dir / "result.json", result)
     for ck in save_dir.glob("*.pt"):  # the study keeps counts, not weights
         ck.unlink()
