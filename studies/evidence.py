@@ -521,7 +521,8 @@ def _n(v) -> str:
     return "-" if v is None else f"{v:,}"
 
 
-def render_markdown(s: Dict, info: Dict) -> str:
+def _md_header(s: Dict) -> List[str]:
+    """Title, status, corpus and model, and the run queue."""
     c, st, su = s["corpus"], s["status"], s["setup"]
     lines = [
         "# Evidence study: the MSWA paper's orderings against run-to-run noise", "",
@@ -544,32 +545,46 @@ def render_markdown(s: Dict, info: Dict) -> str:
                 else f"shared ({b['shared_runs']} rows run elsewhere)")
         lines.append(f"| {k} | {b['why']} | {b['table']} | {', '.join(b['rows'])} | "
                      f"{', '.join(map(str, b['seeds']))} | {runs} |")
-    lines += [
-        "", "## Rows", "",
-        "| Table | Row | Windows | Rel. cost | Seeds | Status | Mean test bpc | Std | Per seed "
-        "| Last-10% valid change | Flat? |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in s["rows"]:
-        w = r["windows"]
-        wtxt = "-" if w is None else "full" if w == "full" else (
-            f"{w[0]}..{w[1]}" if w[0] != w[1] else str(w[0]))
-        per = ", ".join(f"{x['seed']}: {x['bpc']:.3f}" for x in r["seeds"]) or "-"
-        flats = [x["flat"] for x in r["seeds"] if x["flat"] is not None]
-        flat = "-" if not flats else ("yes" if all(flats) else "no" if not any(flats)
-                                      else f"{sum(flats)} of {len(flats)}")
-        status = r["status"] + (f"; same runs as {r['same_run_as']}" if r["same_run_as"] else "")
-        lines.append(f"| {r['table']} | {r['row']} | {wtxt} | {r['relative_cost']:.2f} | "
-                     f"{r['n_seeds']}/{len(r['planned_seeds'])} | {status} | "
-                     f"{_f(r['mean_bpc'])} | {_f(r['std_bpc'])} | {per} | "
-                     f"{_f(r['mean_tail_change_bpc'], 3, True)} | {flat} |")
+    return lines
+
+
+def _md_row(r: Dict) -> str:
+    w = r["windows"]
+    wtxt = "-" if w is None else "full" if w == "full" else (
+        f"{w[0]}..{w[1]}" if w[0] != w[1] else str(w[0]))
+    per = ", ".join(f"{x['seed']}: {x['bpc']:.3f}" for x in r["seeds"]) or "-"
+    flats = [x["flat"] for x in r["seeds"] if x["flat"] is not None]
+    flat = "-" if not flats else ("yes" if all(flats) else "no" if not any(flats)
+                                  else f"{sum(flats)} of {len(flats)}")
+    status = r["status"] + (f"; same runs as {r['same_run_as']}" if r["same_run_as"] else "")
+    return (f"| {r['table']} | {r['row']} | {wtxt} | {r['relative_cost']:.2f} | "
+            f"{r['n_seeds']}/{len(r['planned_seeds'])} | {status} | "
+            f"{_f(r['mean_bpc'])} | {_f(r['std_bpc'])} | {per} | "
+            f"{_f(r['mean_tail_change_bpc'], 3, True)} | {flat} |")
+
+
+def _md_rows(s: Dict) -> List[str]:
+    """Every row: seeds, mean and std test bpc, whether its curves ended flat."""
     stt = s["statistics"]
-    lines += [
+    return ["", "## Rows", "",
+            "| Table | Row | Windows | Rel. cost | Seeds | Status | Mean test bpc | Std | Per seed "
+            "| Last-10% valid change | Flat? |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"] + [_md_row(r) for r in s["rows"]] + [
         "", "Last-10% valid change: the least-squares slope of the validation bpc over the last "
         f"10 % of updates times that stretch (flat = less than {stt['flat_bpc']} bpc). The cosine "
         "schedule takes the learning rate to 0 at the end, which flattens every curve; a curve that "
-        "still falls there has not converged.", "",
-        "## The paper's orderings", "",
+        "still falls there has not converged."]
+
+
+def _md_interval(p: Dict) -> str:
+    return "-" if p["ci"] is None else f"[{p['ci'][0]:+.3f}, {p['ci'][1]:+.3f}]"
+
+
+def _md_pairs(s: Dict) -> List[str]:
+    """The paper's orderings: paired differences and verdicts, and their tally."""
+    stt = s["statistics"]
+    lines = [
+        "", "## The paper's orderings", "",
         f"Paired difference d = bpc[b] - bpc[a] per seed (a = the paper's better row; d > 0 agrees "
         f"with the paper). Verdict from the {stt['confidence']:.0%} Student-t interval of the mean "
         f"d: holds (above 0), reversed (below 0), within noise (contains 0). One-seed pairs use the "
@@ -579,41 +594,52 @@ def render_markdown(s: Dict, info: Dict) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for p in s["pairs"]:
-        ci = "-" if p["ci"] is None else f"[{p['ci'][0]:+.3f}, {p['ci'][1]:+.3f}]"
         lines.append(f"| {p['table']} | {p['a']} | {p['b']} | {p['paper']} | {p['n_seeds']} | "
-                     f"{_f(p['mean_diff'], 3, True)} | {_f(p['std_diff'])} | {ci} | "
+                     f"{_f(p['mean_diff'], 3, True)} | {_f(p['std_diff'])} | {_md_interval(p)} | "
                      f"**{p['verdict']}**{'' if p['n_seeds'] != 1 else ' (1 seed)'} |")
     counts: Dict[str, int] = {}
     for p in s["pairs"]:
         counts[p["verdict"]] = counts.get(p["verdict"], 0) + 1
-    lines += ["", "Verdicts: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + "."]
+    return lines + ["", "Verdicts: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + "."]
+
+
+def _md_baseline(s: Dict) -> List[str]:
+    """This study against a baseline study (same runs but for the extra flags); [] without one."""
+    bl, stt = s.get("baseline"), s["statistics"]
+    if not bl:
+        return []
+    lines = [
+        "", f"## Against the baseline study (`{bl['results']}`)", "",
+        f"Paired difference d = bpc[baseline] - bpc[this study] per seed (same data, model and "
+        f"seed; only the extra flags differ; d > 0: they help). Verdict: better / worse / "
+        f"within noise from the {stt['confidence']:.0%} interval of the mean d; one-seed pairs "
+        f"use the baseline's pooled spread (std {_f(bl['pooled_std_diff'], 4)}).", "",
+        "| Table | Row | Seeds | Baseline bpc | This study | Mean d | Std d | Interval | "
+        "Verdict |", "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in bl["pairs"]:
+        lines.append(
+            f"| {p['table']} | {p['row']} | {p['n_seeds']} | "
+            f"{', '.join(f'{x:.3f}' for x in p['baseline_bpc']) or '-'} | "
+            f"{', '.join(f'{x:.3f}' for x in p['bpc']) or '-'} | "
+            f"{_f(p['mean_diff'], 3, True)} | {_f(p['std_diff'])} | {_md_interval(p)} | "
+            f"**{p['verdict']}** |")
+    return lines
+
+
+def render_markdown(s: Dict, info: Dict) -> str:
+    """evidence.md: header and queue, rows, the paper's orderings, the baseline comparison (when
+    there is one), the plot and the provenance."""
+    lines = _md_header(s) + _md_rows(s) + _md_pairs(s)
     if s.get("train_args"):
         lines += ["", f"Every run of this study trains with the extra flags `{s['train_args']}`."]
-    bl = s.get("baseline")
-    if bl:
-        lines += [
-            "", f"## Against the baseline study (`{bl['results']}`)", "",
-            f"Paired difference d = bpc[baseline] - bpc[this study] per seed (same data, model and "
-            f"seed; only the extra flags differ; d > 0: they help). Verdict: better / worse / "
-            f"within noise from the {stt['confidence']:.0%} interval of the mean d; one-seed pairs "
-            f"use the baseline's pooled spread (std {_f(bl['pooled_std_diff'], 4)}).", "",
-            "| Table | Row | Seeds | Baseline bpc | This study | Mean d | Std d | Interval | "
-            "Verdict |", "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for p in bl["pairs"]:
-            ci = "-" if p["ci"] is None else f"[{p['ci'][0]:+.3f}, {p['ci'][1]:+.3f}]"
-            lines.append(
-                f"| {p['table']} | {p['row']} | {p['n_seeds']} | "
-                f"{', '.join(f'{x:.3f}' for x in p['baseline_bpc']) or '-'} | "
-                f"{', '.join(f'{x:.3f}' for x in p['bpc']) or '-'} | "
-                f"{_f(p['mean_diff'], 3, True)} | {_f(p['std_diff'])} | {ci} | "
-                f"**{p['verdict']}** |")
+    lines += _md_baseline(s)
+    m = info["machine"]
     lines += ["", "![learning curves and test bpc](evidence.png)", "",
               f"Command: `{info['command']}`. Measured at commit {info['git_commit']}, report "
-              f"{info['date']}. Machine: {info['machine'].get('cpu_model')}, "
-              f"{info['machine'].get('cpu_count')} CPUs shared with other work, "
-              f"{info['machine'].get('torch_threads')} torch thread(s) per run, torch "
-              f"{info['machine'].get('torch')}; wall times include time the study was paused."]
+              f"{info['date']}. Machine: {m.get('cpu_model')}, {m.get('cpu_count')} CPUs shared "
+              f"with other work, {m.get('torch_threads')} torch thread(s) per run, torch "
+              f"{m.get('torch')}; wall times include time the study was paused."]
     return "\n".join(lines) + "\n"
 
 
