@@ -37,7 +37,7 @@ import os
 import statistics
 import sys
 import time
-from typing import Optional
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -392,7 +392,8 @@ def _spread(r) -> str:
     return f"{r['median']:.3f} ({r['q1']:.3f}..{r['q3']:.3f}; {r['min']:.3f}..{r['max']:.3f})"
 
 
-def markdown(result) -> str:
+def _md_header(result) -> List[str]:
+    """Title, machine, command and what one step is."""
     m = result["machine"]
     lines = [
         f"# Training throughput on {m['device'].upper()}: transformer_xl_mswa (full / swa / mswa) "
@@ -416,25 +417,38 @@ def markdown(result) -> str:
     if result["quick"]:
         lines += ["**--quick: tiny shapes, a check that the script runs; the targets are for the "
                   "real shapes and mean nothing here.**", ""]
+    return lines
+
+
+def _md_variant(result, name: str, variant: str, segs: List[int]) -> str:
+    cells, mem = [], "-"
+    for n in segs:
+        row = _row(result["rows"], name, variant, n)
+        cells.append("-" if row is None else
+                     f"{row['tokens_per_s']:.0f} ({row['median_step_s']:.3f} s)")
+        if row is not None and row["memory_lengths"] is not None:
+            ml = row["memory_lengths"]
+            mem_n = f"{min(ml)}" if min(ml) == max(ml) else f"{min(ml)}..{max(ml)}"
+            mem = mem_n if mem == "-" else f"{mem} / {mem_n}"
+    return f"| {variant} | {mem} | " + " | ".join(cells) + " |"
+
+
+def _md_shapes(result) -> List[str]:
+    """Per shape: tokens/s of every variant at every segment length."""
+    lines = []
     for name, shape in result["shapes"].items():
         segs = [int(x) for x in shape["segments"].split(",")]
         lines += [f"## {name}: {shape['layers']} layers x {shape['dim']}, {shape['heads']} heads, "
                   f"FFN {shape['ffn']}, base window {shape['base_window']}, batch {shape['batch']}", "",
                   "| variant | memory per layer | " + " | ".join(f"tokens/s @ {n} (step)" for n in segs)
                   + " |", "|---|---|" + "---|" * len(segs)]
-        for v in shape["variants"]:
-            cells, mem = [], "-"
-            for n in segs:
-                row = _row(result["rows"], name, v, n)
-                cells.append("-" if row is None else
-                             f"{row['tokens_per_s']:.0f} ({row['median_step_s']:.3f} s)")
-                if row is not None and row["memory_lengths"] is not None:
-                    ml = row["memory_lengths"]
-                    mem_n = f"{min(ml)}" if min(ml) == max(ml) else f"{min(ml)}..{max(ml)}"
-                    mem = mem_n if mem == "-" else f"{mem} / {mem_n}"
-            lines.append(f"| {v} | {mem} | " + " | ".join(cells) + " |")
-        lines.append("")
-    lines += ["| ratio (tokens/s) | median (quartiles; extremes) | target | met |", "|---|---|---|---|"]
+        lines += [_md_variant(result, name, v, segs) for v in shape["variants"]] + [""]
+    return lines
+
+
+def _md_ratios(result) -> List[str]:
+    """The ratios with their spread against their targets."""
+    lines = ["| ratio (tokens/s) | median (quartiles; extremes) | target | met |", "|---|---|---|---|"]
     for key, value in result["ratios"].items():
         target = result["targets"].get(key) or "-"
         ok = result["pass"].get(key)
@@ -444,44 +458,62 @@ def markdown(result) -> str:
             shown = "n/a" if value is None else f"{value:.3f}"
         lines.append(f"| {key} | {shown} | {target} | "
                      f"{'n/a' if ok is None else ('yes' if ok else 'NO')} |")
-    lines.append("")
+    return lines + [""]
+
+
+def _md_attention_layers(a) -> List[str]:
+    return [f"Attention layers alone (every XL attention layer of the {a['shape']} shape, "
+            f"position term included, forward + backward, segment {a['segment']}, "
+            f"steady-state memory): SWA {a['median_s']['swa']:.3f} s, MSWA "
+            f"{a['median_s']['mswa']:.3f} s, shared projections {a['median_s']['proj']:.3f} s "
+            f"-> attn_layers_mswa_over_swa_time = {a['mswa_over_swa_time']:.3f}, "
+            f"attn_core_mswa_over_swa_time = {a['core_mswa_over_swa_time']:.3f} (cost model: "
+            "225/256 = 0.879).", ""]
+
+
+def _md_layouts(result) -> List[str]:
+    """Each distinct MSWA layer's layouts timed against the plan's pick."""
+    hit, total = result["layouts_auto_picks_faster"]
+    lines = [f"Layouts of each distinct MSWA layer alone (forward + backward; every partition "
+             "of its window groups into passes timed interleaved: grouped = one pass per "
+             "group, merged = one pass, 2+1+1 = the two smallest windows' groups together; "
+             f"`auto` = the plan's pick, kernels/plan.py): auto picks the fastest in {hit} of "
+             f"{total} layers; summed over them its layouts take "
+             f"{result['layouts_auto_over_fastest']:.3f}x the fastest's time."
+             + _refit_sentence(result.get("layouts_refit")), "",
+             "| shape @ segment | windows | grouped ms | merged ms | fastest (ms) | auto (ms) "
+             "| auto / fastest |",
+             "|---|---|---|---|---|---|---|"]
+    for key, layers in result["layouts"].items():
+        for x in layers:
+            t = x["median_s"]
+            lines.append(f"| {key} | {x['windows'][0]}..{x['windows'][-1]} | "
+                         f"{1e3 * t['grouped']:.2f} | {1e3 * t['merged']:.2f} | "
+                         f"{x['faster']} ({1e3 * t[x['faster']]:.2f}) | "
+                         f"{x['auto']} ({1e3 * t[x['auto']]:.2f}) | {x['auto_over_fastest']:.3f} |")
+    return lines + [""]
+
+
+def _md_profiles(profiles) -> List[str]:
+    lines = ["Top ops by self CPU time in one profiled step (share of the step):", ""]
+    for key, ops in profiles.items():
+        lines.append(f"- {key}: " + ", ".join(f"{o['op']} {100 * o['share']:.0f}%" for o in ops[:6]))
+    return lines + [""]
+
+
+def markdown(result) -> str:
+    """train_cpu.md / train_gpu.md: header, per-shape throughput, ratios against targets, then
+    whichever of attention layers, layouts, GFLOPs and profiles the run measured."""
+    lines = _md_header(result) + _md_shapes(result) + _md_ratios(result)
     if result.get("attention_layers"):
-        a = result["attention_layers"]
-        lines += [f"Attention layers alone (every XL attention layer of the {a['shape']} shape, "
-                  f"position term included, forward + backward, segment {a['segment']}, "
-                  f"steady-state memory): SWA {a['median_s']['swa']:.3f} s, MSWA "
-                  f"{a['median_s']['mswa']:.3f} s, shared projections {a['median_s']['proj']:.3f} s "
-                  f"-> attn_layers_mswa_over_swa_time = {a['mswa_over_swa_time']:.3f}, "
-                  f"attn_core_mswa_over_swa_time = {a['core_mswa_over_swa_time']:.3f} (cost model: "
-                  "225/256 = 0.879).", ""]
+        lines += _md_attention_layers(result["attention_layers"])
     if result.get("layouts"):
-        hit, total = result["layouts_auto_picks_faster"]
-        lines += [f"Layouts of each distinct MSWA layer alone (forward + backward; every partition "
-                  "of its window groups into passes timed interleaved: grouped = one pass per "
-                  "group, merged = one pass, 2+1+1 = the two smallest windows' groups together; "
-                  f"`auto` = the plan's pick, kernels/plan.py): auto picks the fastest in {hit} of "
-                  f"{total} layers; summed over them its layouts take "
-                  f"{result['layouts_auto_over_fastest']:.3f}x the fastest's time."
-                  + _refit_sentence(result.get("layouts_refit")), "",
-                  "| shape @ segment | windows | grouped ms | merged ms | fastest (ms) | auto (ms) "
-                  "| auto / fastest |",
-                  "|---|---|---|---|---|---|---|"]
-        for key, layers in result["layouts"].items():
-            for x in layers:
-                t = x["median_s"]
-                lines.append(f"| {key} | {x['windows'][0]}..{x['windows'][-1]} | "
-                             f"{1e3 * t['grouped']:.2f} | {1e3 * t['merged']:.2f} | "
-                             f"{x['faster']} ({1e3 * t[x['faster']]:.2f}) | "
-                             f"{x['auto']} ({1e3 * t[x['auto']]:.2f}) | {x['auto_over_fastest']:.3f} |")
-        lines.append("")
+        lines += _md_layouts(result)
     if result.get("step_gflops"):
         lines += ["Needed GFLOPs per step (`step_flops`, times the batch): " + ", ".join(
             f"{k} {v}" for k, v in result["step_gflops"].items()), ""]
     if result.get("profiles"):
-        lines += ["Top ops by self CPU time in one profiled step (share of the step):", ""]
-        for key, ops in result["profiles"].items():
-            lines.append(f"- {key}: " + ", ".join(f"{o['op']} {100 * o['share']:.0f}%" for o in ops[:6]))
-        lines.append("")
+        lines += _md_profiles(result["profiles"])
     return "\n".join(lines)
 
 
