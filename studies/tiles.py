@@ -258,9 +258,8 @@ def _f(x: Optional[float]) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
-def tiles_markdown(r: Dict) -> str:
-    """The report as Markdown (what the CLI prints)."""
-    tiles = [tile_label(t) for t in PAPER_TILES]
+def _md_work(r: Dict, tiles: List[str]) -> List[str]:
+    """MSWA / SWA tile work at the paper's shape, and Tables 2, 5, 6 at every tile shape."""
     lines = ["# MSWA / SWA attention work at tile granularity",
              "",
              f"Paper shape: 12 layers x 8 heads, head dim 64, base window 128, memory = each "
@@ -282,15 +281,20 @@ def tiles_markdown(r: Dict) -> str:
             cells = [_f(x["relative_tile_work"][k]) for k in tiles[:-1]]
             lines.append(f"| {t} | {x['row']} | {x['relative_cost']:.3f} | " + " | ".join(cells)
                          + " |")
+    return lines
+
+
+def _md_chooser(r: Dict) -> List[str]:
+    """The chosen tiles per layer group, under the stated model, and their sensitivity."""
     a = r["assumptions"]
-    lines += ["", "## Chosen tiles (model; assumptions, not measurements)", "",
-              f"Tile rate relative to 128x128 (`tile_efficiency`, Q = {a['q_overhead']}, "
-              f"K = {a['kv_overhead']}): "
-              + ", ".join(f"{k} {v:.3f}" for k, v in r["efficiency"].items()) + ".",
-              f"Per-pass overhead {a['pass_seconds'] * 1e6:.0f} us; attention rate at 128x128 "
-              f"{a['tile_flops_per_second'] / 1e12:.0f} TFLOP/s; batch = 16,384 tokens / segment.",
-              "", "| segment | schedule | layers | windows | passes | tiles |",
-              "|---|---|---|---|---|---|"]
+    lines = ["", "## Chosen tiles (model; assumptions, not measurements)", "",
+             f"Tile rate relative to 128x128 (`tile_efficiency`, Q = {a['q_overhead']}, "
+             f"K = {a['kv_overhead']}): "
+             + ", ".join(f"{k} {v:.3f}" for k, v in r["efficiency"].items()) + ".",
+             f"Per-pass overhead {a['pass_seconds'] * 1e6:.0f} us; attention rate at 128x128 "
+             f"{a['tile_flops_per_second'] / 1e12:.0f} TFLOP/s; batch = 16,384 tokens / segment.",
+             "", "| segment | schedule | layers | windows | passes | tiles |",
+             "|---|---|---|---|---|---|"]
     for c in r["chooser"]:
         for name in ("mswa", "swa"):
             for L in c[name]["layers"]:
@@ -304,9 +308,13 @@ def tiles_markdown(r: Dict) -> str:
     for x in r["chooser_sensitivity"]:
         lines.append(f"| {x['pass_seconds'] * 1e6:.0f} us | {'; '.join(x['mswa_plans'])} | "
                      f"{_f(x['mswa_over_swa_tile_work'])} | {_f(x['mswa_over_swa_seconds'])} |")
+    return lines
+
+
+def _md_targets(r: Dict) -> List[str]:
     tg = r["targets"]
-    lines += ["", "## Targets (MSWA / SWA <= 0.95)", "",
-              "| comparison | 512 | 2048 | met |", "|---|---|---|---|"]
+    lines = ["", "## Targets (MSWA / SWA <= 0.95)", "",
+             "| comparison | 512 | 2048 | met |", "|---|---|---|---|"]
     for t, v in tg["same_tiles"].items():
         per = [x["mswa_over_swa"] for x in r["paper_tiles"] if tile_label(tuple(x["tile"])) == t]
         lines.append(f"| same tiles {t} | {_f(per[0])} | {_f(per[1])} | "
@@ -317,28 +325,42 @@ def tiles_markdown(r: Dict) -> str:
                  f"{'yes' if all(v['met'] for v in ct.values()) else 'no'} |")
     lines.append(f"| each at its chosen tiles: modelled seconds | {_f(cs['512'])} | "
                  f"{_f(cs['2048'])} | (model) |")
-    if "blocked" in r:
-        lines += ["", "## CPU blocked kernel (scores computed, batch 1)", "",
-                  "| segment | visible keys | auto | grouped | merged |", "|---|---|---|---|---|"]
-        for b in r["blocked"]:
-            lines.append(f"| {b['segment']} | {_f(b['visible_mswa_over_swa'])} | "
-                         f"{_f(b['auto']['mswa_over_swa'])} | {_f(b['grouped']['mswa_over_swa'])}"
-                         f" | {_f(b['merged']['mswa_over_swa'])} |")
-        m = r.get("blocked_measured")
-        if m:
-            lines.append(f"\nMeasured ({m['source']}, commit {m['git_commit']}, segment "
-                         f"{m['segment']}): attention core time MSWA / SWA "
-                         f"{_f(m['attn_core_mswa_over_swa_time'])}, attention layers "
-                         f"{_f(m['attn_layers_mswa_over_swa_time'])} (needed FLOPs "
-                         f"{_f(m['attn_layers_mswa_over_swa_flops'])}).")
-    d = r["decode"]
-    lines += ["", "## Decoding: K/V bytes read per step per layer (batch 1, bf16, head dim 64)", "",
-              "| position | MSWA | SWA | MSWA / SWA |", "|---|---|---|---|"]
+    return lines
+
+
+def _md_blocked(r: Dict) -> List[str]:
+    """Scores the CPU blocked kernel computes, and the measured attention time beside them."""
+    lines = ["", "## CPU blocked kernel (scores computed, batch 1)", "",
+             "| segment | visible keys | auto | grouped | merged |", "|---|---|---|---|---|"]
+    for b in r["blocked"]:
+        lines.append(f"| {b['segment']} | {_f(b['visible_mswa_over_swa'])} | "
+                     f"{_f(b['auto']['mswa_over_swa'])} | {_f(b['grouped']['mswa_over_swa'])}"
+                     f" | {_f(b['merged']['mswa_over_swa'])} |")
+    m = r.get("blocked_measured")
+    if m:
+        lines.append(f"\nMeasured ({m['source']}, commit {m['git_commit']}, segment "
+                     f"{m['segment']}): attention core time MSWA / SWA "
+                     f"{_f(m['attn_core_mswa_over_swa_time'])}, attention layers "
+                     f"{_f(m['attn_layers_mswa_over_swa_time'])} (needed FLOPs "
+                     f"{_f(m['attn_layers_mswa_over_swa_flops'])}).")
+    return lines
+
+
+def _md_decode(d: Dict) -> List[str]:
+    lines = ["", "## Decoding: K/V bytes read per step per layer (batch 1, bf16, head dim 64)", "",
+             "| position | MSWA | SWA | MSWA / SWA |", "|---|---|---|---|"]
     for x in d["rows"]:
         lines.append(f"| {x['position']} | {x['mswa_bytes_per_layer']:.0f} | "
                      f"{x['swa_bytes_per_layer']:.0f} | {_f(x['mswa_over_swa'])} |")
     ramp = next(k for k in d if k.startswith("mswa_over_swa_first_"))
-    lines.append(f"\nSummed over the first {ramp.split('_')[-2]} steps: {_f(d[ramp])}.")
+    return lines + [f"\nSummed over the first {ramp.split('_')[-2]} steps: {_f(d[ramp])}."]
+
+
+def tiles_markdown(r: Dict) -> str:
+    """The report as Markdown (what the CLI prints): tile work, chosen tiles, targets, the CPU
+    blocked kernel (when measured) and decoding."""
+    lines = (_md_work(r, [tile_label(t) for t in PAPER_TILES]) + _md_chooser(r) + _md_targets(r)
+             + (_md_blocked(r) if "blocked" in r else []) + _md_decode(r["decode"]))
     return "\n".join(lines) + "\n"
 
 
