@@ -496,7 +496,8 @@ def _cell(stats: Optional[Dict], nd: int = 3) -> str:
     return f"{fmt(stats['mean'], nd)} ± {fmt(stats['std'], nd)} ({stats['n']} seeds)"
 
 
-def markdown(res: Dict) -> str:
+def _md_targets(res: Dict) -> List[str]:
+    """What was adapted and how, and every target before and after fine-tuning."""
     m, cfg = res["metric"], res["config"]
     full = res["full"]
     lengths = cfg["finetune_updates"]
@@ -530,12 +531,17 @@ def markdown(res: Dict) -> str:
             f"| {r['name']} | {r['windows']} | {fmt(r['relative_cost_vs_full'], 2)} | "
             f"{fmt(r['relative_cost_vs_swa'], 2)} | {fmt(r['before']['value'], 4)} | "
             + " | ".join(_cell(r["after"].get(str(u)), 4) for u in lengths) + " |")
-    lines += ["", f"Mean ± standard deviation over seeds where there are several.", "",
-              "## SWA vs MSWA (cost-matched), seed by seed", "",
-              f"d = {m}[SWA] - {m}[MSWA] for the same seed (d > 0: MSWA better, as the MSWA paper "
-              "finds from scratch). Verdict from the 95 % Student-t interval of the mean d.", "",
-              "| fine-tuning updates | seeds | SWA | MSWA | mean d | std d | 95 % interval | "
-              "verdict |", "|---|---|---|---|---|---|---|---|"]
+    return lines + ["", "Mean ± standard deviation over seeds where there are several."]
+
+
+def _md_paired(res: Dict) -> List[str]:
+    """SWA against cost-matched MSWA, seed by seed, with the verdict per fine-tuning length."""
+    m = res["metric"]
+    lines = ["", "## SWA vs MSWA (cost-matched), seed by seed", "",
+             f"d = {m}[SWA] - {m}[MSWA] for the same seed (d > 0: MSWA better, as the MSWA paper "
+             "finds from scratch). Verdict from the 95 % Student-t interval of the mean d.", "",
+             "| fine-tuning updates | seeds | SWA | MSWA | mean d | std d | 95 % interval | "
+             "verdict |", "|---|---|---|---|---|---|---|---|"]
     by = {r["name"]: r for r in res["rows"]}
     for p in res["paired"]:
         if p["updates"] == 0:
@@ -548,30 +554,39 @@ def markdown(res: Dict) -> str:
                      f"{', '.join(fmt(x, 4) for x in p['swa'])} | "
                      f"{', '.join(fmt(x, 4) for x in p['mswa'])} | {fmt(p['mean_diff'], 4)} | "
                      f"{fmt(p['std_diff'], 4)} | {ci} | **{p['verdict']}** |")
-    dec = res["decode"]
-    lines += ["", "## Decode-time evaluation (SWAA's full-attention decode)", "",
-              f"`scripts/decode_eval.py`: the first {dec['pairs']} pairs of the test split, each "
-              f"a {dec['prompt_tokens']}-token prompt decoded in one incremental call and "
-              f"{dec['continuation_tokens']} continuation tokens decoded one by one and scored "
-              "(bits per token). *As trained*: the target's windows; *full-attention decode*: "
-              "`decode_full_attention` (the prompt on the windows, every continuation token sees "
-              "the whole context).", "",
-              "| target | checkpoint | as trained | full-attention decode | change |",
-              "|---|---|---|---|---|"]
+    return lines
+
+
+def _md_decode(dec: Dict) -> List[str]:
+    """Each target as trained and with SWAA's full-attention decode."""
+    lines = ["", "## Decode-time evaluation (SWAA's full-attention decode)", "",
+             f"`scripts/decode_eval.py`: the first {dec['pairs']} pairs of the test split, each "
+             f"a {dec['prompt_tokens']}-token prompt decoded in one incremental call and "
+             f"{dec['continuation_tokens']} continuation tokens decoded one by one and scored "
+             "(bits per token). *As trained*: the target's windows; *full-attention decode*: "
+             "`decode_full_attention` (the prompt on the windows, every continuation token sees "
+             "the whole context).", "",
+             "| target | checkpoint | as trained | full-attention decode | change |",
+             "|---|---|---|---|---|"]
     for d in dec["rows"]:
         a, b = d.get("as_trained"), d.get("full_decode")
         change = (fmt(b["bits_per_token"] - a["bits_per_token"], 4) if a and b else "-")
         lines.append(f"| {d['target']} | {d['checkpoint']} | "
                      f"{fmt(a['bits_per_token'], 4) if a else '-'} | "
                      f"{fmt(b['bits_per_token'], 4) if b else '-'} | {change} |")
+    return lines
+
+
+def markdown(res: Dict) -> str:
+    """adaptation.md: the targets, the paired SWA / MSWA comparison, decoding, provenance and
+    every command run."""
+    lines = _md_targets(res) + _md_paired(res) + _md_decode(res["decode"])
     lines += ["", machine_line(res["machine"]) + f" Finished {res['finished']}, total "
               f"wall time {res['total_wall_s']:.0f} s.", "",
               "Command: `" + res["command"] + "` (commit " + commit_text(res) + ")", "",
               "<details><summary>commands run</summary>", ""]
-    for c in res["commands"]:
-        lines += [f"* {c['step']} ({c['wall_s']} s): `{c['command']}`"]
-    lines += ["", "</details>", ""]
-    return "\n".join(lines)
+    lines += [f"* {c['step']} ({c['wall_s']} s): `{c['command']}`" for c in res["commands"]]
+    return "\n".join(lines + ["", "</details>", ""])
 
 
 def plot(res: Dict, path: Path) -> None:
