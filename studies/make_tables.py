@@ -117,12 +117,10 @@ def plot_table(table: int, dataset: str, paper: Dict, results: Dict[tuple, Dict]
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
     import matplotlib
 
-
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ptab = paper["tables"][str(table)]
-    prow = {r["row"]: r for r in ptab["rows"]}
     costs = as_dicts(table_rows(table))
     pts_paper = [(p["relative_cost"], p[dataset], p["row"]) for p in ptab["rows"]
                  if p.get(dataset) is not None and p.get("relative_cost") is not None]
@@ -276,40 +274,32 @@ def _num(v, digits=3) -> str:
     return "-" if v is None else ("unknown" if v == "unknown" else f"{v:.{digits}f}")
 
 
-def scaled_markdown(summary: Dict, run_info: Optional[Dict] = None,
-                    extra_runs: Optional[List[Dict]] = None) -> str:
-    s, sh = summary, summary["shape"]
-    lines = [f"### CPU scale: {s['title']}", "",
-             f"**CPU scale, not the paper's setup.** Every row: {sh['layers']} layers x "
-             f"{sh['heads']} heads, d {sh['embed_dim']}, segment {sh['segment']}, windows and "
-             f"full-attention lengths divided by {sh['factor']}, {sh['tokens_per_update']} tokens "
-             f"per update, {sh['max_update']} updates, test bits per byte on `{s['dataset']}` "
-             f"({s['test_bytes'] or '?'} test bytes; CPython's documentation topics). The "
-             f"paper's columns are the paper's (Wikitext-103 PPL, enwik8 bpc, full scale).", "",
-             "| Row | Windows (CPU run) | Rel. cost (CPU run) | Rel. cost (paper) | "
-             "CPU-scale test bpc | other seeds | Paper WT103 PPL | Paper enwik8 bpc | "
-             "updates | train tok/s | train + eval s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in s["rows"]:
-        w = r["windows_run"]
-        wtxt = ("-" if not w else f"full (n = {sh['segment']})" if w[0] is None
-                else f"{w[0]}..{w[1]}" if w[0] != w[1] else f"{w[0]}")
-        seeds = ", ".join(f"seed {k}: {v:.3f}" for k, v in r["other_seeds"].items()) or "-"
-        paper_cost = "unknown" if r["relative_cost_paper"] is None else \
-            f"{r['relative_cost_paper']:.2f}"
-        pw = r["paper"]["wikitext-103"]
-        pe = r["paper"]["enwik8"]
-        unk = "unknown" if s["table"] == 6 else "-"
-        wall = (None if r["train_wall_s"] is None
-                else (r["train_wall_s"] or 0) + (r["eval_wall_s"] or 0))
-        tps = r["train_tokens_per_s"]
-        cells = [r["row"], wtxt, _num(r["relative_cost_run"], 2), paper_cost,
-                 _num(r["bpc"], 3), seeds, unk if pw is None else f"{pw:.2f}",
-                 unk if pe is None else f"{pe:.2f}", str(r["updates"] or "-"),
-                 "-" if not tps else f"{tps:,.0f}", "-" if wall is None else f"{wall:.0f}"]
-        lines.append("| " + " | ".join(cells) + " |")
+def _scaled_row(r: Dict, s: Dict) -> str:
+    sh = s["shape"]
+    w = r["windows_run"]
+    wtxt = ("-" if not w else f"full (n = {sh['segment']})" if w[0] is None
+            else f"{w[0]}..{w[1]}" if w[0] != w[1] else f"{w[0]}")
+    seeds = ", ".join(f"seed {k}: {v:.3f}" for k, v in r["other_seeds"].items()) or "-"
+    paper_cost = "unknown" if r["relative_cost_paper"] is None else \
+        f"{r['relative_cost_paper']:.2f}"
+    pw = r["paper"]["wikitext-103"]
+    pe = r["paper"]["enwik8"]
+    unk = "unknown" if s["table"] == 6 else "-"
+    wall = (None if r["train_wall_s"] is None
+            else (r["train_wall_s"] or 0) + (r["eval_wall_s"] or 0))
+    tps = r["train_tokens_per_s"]
+    cells = [r["row"], wtxt, _num(r["relative_cost_run"], 2), paper_cost,
+             _num(r["bpc"], 3), seeds, unk if pw is None else f"{pw:.2f}",
+             unk if pe is None else f"{pe:.2f}", str(r["updates"] or "-"),
+             "-" if not tps else f"{tps:,.0f}", "-" if wall is None else f"{wall:.0f}"]
+    return "| " + " | ".join(cells) + " |"
+
+
+def _scaled_ordering(s: Dict) -> List[str]:
+    """The paper's order against the CPU-scale order, pair by pair; the CPU order alone where
+    the paper's values are unknown."""
     o = s["ordering"]
-    lines.append("")
+    lines = [""]
     if s["paper_ordering_dataset"] and o["paper"]:
         lines += [f"Order, best first: paper ({s['paper_ordering_dataset']}): "
                   + " < ".join(o["paper"]) + "; CPU scale: " + " < ".join(o["cpu"]) + ".", ""]
@@ -330,22 +320,46 @@ def scaled_markdown(summary: Dict, run_info: Optional[Dict] = None,
             lines.append(f"- {n['row']}: " + ", ".join(f"seed {k} {v:.3f}"
                                                         for k, v in n["seeds"].items())
                          + f" (spread {max(vals) - min(vals):.3f})")
+    return lines
+
+
+def _scaled_footer(s: Dict, info: Dict, extra_runs) -> List[str]:
+    """Machine, measured commits, wall times and the commands that made the table."""
     m = s.get("machine") or {}
-    info = run_info or {}
     commits = sorted({commit_text(r) for r in s["rows"] if r["bpc"] is not None})
-    lines += ["", f"Machine: {m.get('cpu_model', '?')}, {m.get('cpu_count', '?')} CPUs, "
-              f"torch threads {m.get('torch_threads')}, torch {m.get('torch', '?')}, Python "
-              f"{m.get('python', '?')}. Measured commit: {'; '.join(commits)}. "
-              f"Rows' train + eval wall time: {s['rows_wall_s']:.0f} s"
-              + (f"; this invocation {info['invocation_wall_s']:.0f} s "
-                 f"({info['rows_run_now']} rows run)" if info.get("invocation_wall_s") else "")
-              + f". Finished {max((r['finished'] or '') for r in s['rows']) or '?'}."]
+    lines = ["", f"Machine: {m.get('cpu_model', '?')}, {m.get('cpu_count', '?')} CPUs, "
+             f"torch threads {m.get('torch_threads')}, torch {m.get('torch', '?')}, Python "
+             f"{m.get('python', '?')}. Measured commit: {'; '.join(commits)}. "
+             f"Rows' train + eval wall time: {s['rows_wall_s']:.0f} s"
+             + (f"; this invocation {info['invocation_wall_s']:.0f} s "
+                f"({info['rows_run_now']} rows run)" if info.get("invocation_wall_s") else "")
+             + f". Finished {max((r['finished'] or '') for r in s['rows']) or '?'}."]
     if info.get("command"):
         lines.append(f"Command: `{info['command']}` (the arguments scripts/table{s['table']}.sh "
                      f"passed; per-row fairseq commands in table{s['table']}.json)")
     for e in extra_runs or ():
         lines.append(f"Also run: `{e.get('command')}` ({e.get('rows_run_now')} rows, "
                      f"{e.get('invocation_wall_s', 0):.0f} s)")
+    return lines
+
+
+def scaled_markdown(summary: Dict, run_info: Optional[Dict] = None,
+                    extra_runs: Optional[List[Dict]] = None) -> str:
+    """table<N>.md at CPU scale: the rows beside the paper's, the orderings, provenance."""
+    s, sh = summary, summary["shape"]
+    lines = [f"### CPU scale: {s['title']}", "",
+             f"**CPU scale, not the paper's setup.** Every row: {sh['layers']} layers x "
+             f"{sh['heads']} heads, d {sh['embed_dim']}, segment {sh['segment']}, windows and "
+             f"full-attention lengths divided by {sh['factor']}, {sh['tokens_per_update']} tokens "
+             f"per update, {sh['max_update']} updates, test bits per byte on `{s['dataset']}` "
+             f"({s['test_bytes'] or '?'} test bytes; CPython's documentation topics). The "
+             f"paper's columns are the paper's (Wikitext-103 PPL, enwik8 bpc, full scale).", "",
+             "| Row | Windows (CPU run) | Rel. cost (CPU run) | Rel. cost (paper) | "
+             "CPU-scale test bpc | other seeds | Paper WT103 PPL | Paper enwik8 bpc | "
+             "updates | train tok/s | train + eval s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [_scaled_row(r, s) for r in s["rows"]]
+    lines += _scaled_ordering(s) + _scaled_footer(s, run_info or {}, extra_runs)
     return "\n".join(lines) + "\n"
 
 
