@@ -72,3 +72,24 @@ def test_pass_plan_applies_to_the_cpu_layouts_only():
     from fairseq_mswa.kernels.plan import best_partition
 
     assert attn._partition(1, 512, 15, "cpu") == best_partition(attn.windows, 1, 512, 15, 8)
+
+
+def test_install_probes_run_once_per_process(monkeypatch):
+    """The flash / flex import probes are asked on every CUDA ``auto`` call: after the first
+    answer no import is tried again (a failed import re-searches sys.path each time)."""
+    import builtins
+
+    caps.flash_import_error(), caps.flex_import_error()  # answered, whatever is installed
+    tried = []
+    real_import = builtins.__import__
+
+    def spy(name, *args, **kwargs):
+        if name.startswith(("flash_attn", "torch.nn.attention.flex_attention")):
+            tried.append(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", spy)
+    first = (caps.flash_import_error(), caps.flex_import_error(), caps.flash_import())
+    for _ in range(3):
+        assert (caps.flash_import_error(), caps.flex_import_error(), caps.flash_import()) == first
+    assert tried == []

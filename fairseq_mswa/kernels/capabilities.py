@@ -19,6 +19,7 @@ Rules (each refusal names the backend that serves instead, :func:`instead`):
 ``DENSE_MAX_SCORES`` (query, key) scores per head, else blocked.
 """
 
+import functools
 from typing import NamedTuple, Optional
 
 import torch
@@ -159,8 +160,11 @@ def plans_passes(backend: str, device: str) -> bool:
 
 
 # --- is the backend installed? (probed here, so that flex.py and flash.py import this module
-# and not the reverse) ------------------------------------------------------------------------
+# and not the reverse; once per process: what is installed does not change while it runs, and a
+# failed import searches sys.path again on every try, about 30 us, which ``auto`` would pay on
+# every attention call on CUDA) -----------------------------------------------------------------
 
+@functools.lru_cache(maxsize=None)
 def flex_import_error() -> Optional[str]:
     """None when torch has FlexAttention, else why not (a sentence)."""
     try:
@@ -170,6 +174,7 @@ def flex_import_error() -> Optional[str]:
     return None
 
 
+@functools.lru_cache(maxsize=None)
 def flash_import():
     """flash-attn's ``flash_attn_func``, or the error (ImportError or other) of importing it."""
     try:
@@ -179,6 +184,7 @@ def flash_import():
     return flash_attn_func
 
 
+@functools.lru_cache(maxsize=None)
 def flash_import_error() -> Optional[str]:
     """None when flash-attn imports, else why not (a sentence)."""
     f = flash_import()
